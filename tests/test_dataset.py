@@ -11,7 +11,6 @@ import sys
 
 import numpy as np
 import pytest
-
 from mnist_pipeline import dataset
 from mnist_pipeline.dataset import IDX_FILES, DatasetError, LakePlan, read_idx_dir, seed_lake
 from mnist_pipeline.shards import ShardError, read_shard, sha256_file, write_shard
@@ -57,7 +56,15 @@ def test_a_tampered_source_is_rejected_and_removed(tmp_path):
 
 def test_offline_without_a_cache_says_what_to_do(tmp_path):
     result = subprocess.run(
-        [sys.executable, "-m", "mnist_pipeline.dataset", "--cache-dir", str(tmp_path / "empty"), "fetch", "--offline"],
+        [
+            sys.executable,
+            "-m",
+            "mnist_pipeline.dataset",
+            "--cache-dir",
+            str(tmp_path / "empty"),
+            "fetch",
+            "--offline",
+        ],
         capture_output=True,
         text=True,
     )
@@ -75,10 +82,21 @@ def test_idx_files_round_trip_and_bring_your_own(mnist, tmp_path):
     own = tmp_path / "own"
     own.mkdir()
     for filename in IDX_FILES.values():
-        (own / filename.removesuffix(".gz")).write_bytes(gzip.decompress((tmp_path / "idx" / filename).read_bytes()))
+        (own / filename.removesuffix(".gz")).write_bytes(
+            gzip.decompress((tmp_path / "idx" / filename).read_bytes())
+        )
     cache = tmp_path / "cache"
     result = subprocess.run(
-        [sys.executable, "-m", "mnist_pipeline.dataset", "--cache-dir", str(cache), "fetch", "--idx-dir", str(own)],
+        [
+            sys.executable,
+            "-m",
+            "mnist_pipeline.dataset",
+            "--cache-dir",
+            str(cache),
+            "fetch",
+            "--idx-dir",
+            str(own),
+        ],
         capture_output=True,
         text=True,
     )
@@ -105,7 +123,9 @@ def test_seed_lake_lays_out_base_holdout_and_nightly_batches(mnist, tmp_path):
     for shard in manifest["shards"]:
         assert sha256_file(tmp_path / "lake" / shard["key"]) == shard["sha256"]
     holdout_images, holdout_labels = read_shard(tmp_path / "lake/holdout/holdout-00000.npz")
-    assert np.array_equal(holdout_images, mnist.test_images) and np.array_equal(holdout_labels, mnist.test_labels)
+    assert np.array_equal(holdout_images, mnist.test_images) and np.array_equal(
+        holdout_labels, mnist.test_labels
+    )
     # nightly batches come from training data after the base set: never overlapping it
     batch2, _ = read_shard(tmp_path / "lake/incoming/batch-0002.npz")
     assert np.array_equal(batch2, mnist.train_images[3500:4000])

