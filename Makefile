@@ -42,7 +42,10 @@ lint: $(STAMP)  ## ruff
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 
-demo endpoint down bench: $(STAMP)
+bench: $(STAMP)  ## measure (writes benchmarks/results/latest.json, prints a table)
+	$(PY) -m benchmarks.run
+
+demo endpoint down: $(STAMP)
 	@echo "make $@: not built yet (see the open issues); nothing was started." >&2; exit 2
 
 clean:  ## remove caches and runtime state (keeps .venv and the MNIST cache)
