@@ -1,0 +1,106 @@
+"""`localcloud serve` runs the local AWS in the foreground; `localcloud status` asks a running one.
+
+Settings come from flags, then LOCALCLOUD_* environment variables (LOCALCLOUD_HOST, LOCALCLOUD_PORT,
+LOCALCLOUD_DATA_DIR, ...), then defaults (127.0.0.1:4566, ./.localcloud).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import signal
+import sys
+import threading
+import urllib.request
+from typing import Any
+
+from localcloud import __version__
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="localcloud", description="A durable, loopback-only local AWS.")
+    parser.add_argument("--version", action="version", version=f"localcloud {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    serve = commands.add_parser("serve", help="serve S3, CloudWatch Logs, STS, ... until interrupted")
+    serve.add_argument("--host", help="interface to listen on (default 127.0.0.1)")
+    serve.add_argument("--port", type=int, help="port (default 4566; 0 picks a free one)")
+    serve.add_argument("--data-dir", help="where state is kept (default ./.localcloud)")
+    serve.add_argument("--region", help="default region (default us-east-1)")
+    serve.add_argument("--account-id", help="the one account every caller is (default 000000000000)")
+    serve.add_argument(
+        "--allow-non-loopback",
+        action="store_true",
+        default=None,
+        help="allow listening on a non-loopback address; anyone who can reach it gets full access",
+    )
+    serve.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+
+    status = commands.add_parser("status", help="print a running localcloud's services and resource counts")
+    status.add_argument(
+        "--endpoint-url", default=_default_endpoint(), help="default http://127.0.0.1:$LOCALCLOUD_PORT"
+    )
+    status.add_argument("--json", action="store_true", help="print the raw health document")
+
+    args = parser.parse_args(argv)
+    return _serve(args) if args.command == "serve" else _status(args)
+
+
+def _default_endpoint() -> str:
+    return (
+        os.environ.get("LOCALCLOUD_ENDPOINT_URL")
+        or f"http://127.0.0.1:{os.environ.get('LOCALCLOUD_PORT', '4566')}"
+    )
+
+
+def _serve(args: argparse.Namespace) -> int:
+    logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    from localcloud.app import LocalCloud  # imports botocore; keep `status` and `--help` instant
+    from localcloud.config import Config
+    from localcloud.store import DataDirInUse
+
+    try:
+        config = Config.from_env(
+            host=args.host,
+            port=args.port,
+            data_dir=args.data_dir,
+            region=args.region,
+            account_id=args.account_id,
+            allow_non_loopback=args.allow_non_loopback,
+        )
+        cloud = LocalCloud(config).start()
+    except (ValueError, RuntimeError, DataDirInUse) as error:
+        print(f"localcloud: {error}", file=sys.stderr)
+        return 2
+    print(
+        f"localcloud {__version__} listening on {cloud.endpoint_url} (data dir {config.data_dir})", flush=True
+    )
+    stopping = threading.Event()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: stopping.set())
+    while not stopping.wait(0.5):
+        pass
+    cloud.stop()
+    return 0
+
+
+def _status(args: argparse.Namespace) -> int:
+    url = args.endpoint_url.rstrip("/") + "/_localcloud/health"
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))  # loopback never goes via a proxy
+    try:
+        with opener.open(url, timeout=3) as response:
+            health: dict[str, Any] = json.load(response)
+    except (OSError, ValueError) as error:
+        print(f"localcloud is not running at {args.endpoint_url} ({error})", file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps(health, indent=2))
+        return 0
+    print(f"localcloud {health['version']} {health['status']} at {args.endpoint_url}")
+    print(f"data dir: {health['data_dir']}")
+    for name, counts in health["services"].items():
+        summary = " ".join(f"{key}={value}" for key, value in counts.items())
+        print(f"  {name:<14} {summary}")
+    return 0

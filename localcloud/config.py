@@ -1,0 +1,49 @@
+"""Settings for one localcloud instance: flags win over LOCALCLOUD_* environment variables over defaults."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, fields, replace
+from pathlib import Path
+
+MiB = 1024 * 1024
+GiB = 1024 * MiB
+
+
+@dataclass(frozen=True)
+class Config:
+    data_dir: Path = Path(".localcloud")
+    host: str = "127.0.0.1"
+    port: int = 4566
+    region: str = "us-east-1"
+    account_id: str = "000000000000"
+    allow_non_loopback: bool = False
+    # JSON and XML API bodies; AWS's own limit for Lambda Invoke payloads is 6 MB.
+    max_request_bytes: int = 6 * MiB
+    # One S3 PutObject or UploadPart, streamed to disk; AWS allows 5 GiB.
+    max_object_bytes: int = 5 * GiB
+
+    @classmethod
+    def from_env(cls, **overrides: object) -> Config:
+        """Defaults, then LOCALCLOUD_<FIELD> variables, then the non-None `overrides` (CLI flags)."""
+        values: dict[str, object] = {}
+        for spec in fields(cls):
+            raw = os.environ.get(f"LOCALCLOUD_{spec.name.upper()}")
+            if raw is not None:
+                values[spec.name] = _parse(spec.name, raw, spec.type)
+        values.update({name: value for name, value in overrides.items() if value is not None})
+        config = replace(cls(), **values)
+        return replace(config, data_dir=Path(config.data_dir).absolute())
+
+
+def _parse(name: str, raw: str, kind: object) -> object:
+    if kind in (int, "int"):
+        try:
+            return int(raw)
+        except ValueError:
+            raise ValueError(f"LOCALCLOUD_{name.upper()} must be an integer, got {raw!r}") from None
+    if kind in (bool, "bool"):
+        return raw.strip().lower() in ("1", "true", "yes", "on")
+    if kind in (Path, "Path"):
+        return Path(raw)
+    return raw
