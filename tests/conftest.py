@@ -2,4 +2,7 @@
 
 pytest_plugins = [
     "tests.fixtures.data",
+    "tests.fixtures.model",
+    "tests.fixtures.localcloud",
+    "tests.fixtures.plugin_aws",
 ]

@@ -1,0 +1,286 @@
+"""The audit record: one JSON document per DAG run at ``audit/<run>.json``, written whatever happened.
+
+Built from plain inputs (the DAG run and the XCom results of the tasks that ran), so it is unit
+tested without Airflow. Sections::
+
+    run         run id, logical date, trigger (scheduled/manual and who), params
+    data        batches accepted and quarantined (with reasons), the snapshot
+    training    job name, status, failure reason, duration, billable seconds, metrics
+    decision    evaluation (candidate and champion), gate decision and reasons, model package
+    deployment  Lambda version, smoke test, alias before/after, canary, rollback
+    result      outcome, failed tasks, error
+
+A section whose tasks did not run is ``null``. The key is :func:`mnist_pipeline.config.run_key`
+of the run id; the raw run id is inside the document (``run.run_id``).
+
+:func:`record_run` writes the record and, for a deployed run, marks its batches consumed
+(:func:`mnist_pipeline.lake.mark_consumed`): only a successful run consumes data.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from mnist_pipeline import lake, s3io
+from mnist_pipeline.config import PipelineConfig
+
+log = logging.getLogger(__name__)
+
+SCHEMA_VERSION = 1
+OUTCOMES = ("deployed", "rejected", "nothing_to_do", "dry_run", "rolled_back", "failed")
+CONSUMING_OUTCOMES = {"deployed"}
+
+
+def _iso(value: Any) -> str | None:
+    if isinstance(value, dt.datetime | dt.date):
+        return value.isoformat()
+    return None if value is None else str(value)
+
+
+def _pick(source: Mapping | None, *keys: str) -> dict | None:
+    return None if source is None else {key: source.get(key) for key in keys}
+
+
+# --- sections -----------------------------------------------------------------------------------
+
+
+def run_section(dag_run: Any, params: Mapping[str, Any] | None = None) -> dict:
+    """From ``context["dag_run"]`` (anything with the DagRun attributes) and ``context["params"]``."""
+    run_type = getattr(dag_run, "run_type", None)
+    run_type = getattr(run_type, "value", run_type)
+    user = getattr(dag_run, "triggering_user_name", None)
+    return {
+        "dag_id": dag_run.dag_id,
+        "run_id": dag_run.run_id,
+        "logical_date": _iso(getattr(dag_run, "logical_date", None)),
+        "run_after": _iso(getattr(dag_run, "run_after", None)),
+        "start_date": _iso(getattr(dag_run, "start_date", None)),
+        "trigger": {
+            "type": run_type,
+            "by": user or ("scheduler" if run_type == "scheduled" else None),
+        },
+        "params": dict(params or {}),
+        "conf": dict(getattr(dag_run, "conf", None) or {}),
+    }
+
+
+def data_section(
+    discovery: Mapping | None = None, checked: Mapping | None = None, snapshot: Mapping | None = None
+) -> dict | None:
+    """From :func:`lake.find_new_batches`, :func:`lake.check_batches` and :func:`lake.write_snapshot`."""
+    if discovery is None and checked is None and snapshot is None:
+        return None
+    return {
+        "new_batches": list((discovery or {}).get("new", [])),
+        "accepted": [_pick(batch, "key", "sha256", "rows") for batch in (checked or {}).get("accepted", [])],
+        "quarantined": [
+            _pick(batch, "key", "quarantine_key", "report_key", "reasons")
+            for batch in (checked or {}).get("quarantined", [])
+        ],
+        "snapshot": _pick(snapshot, "sha256", "rows", "shards", "manifest_uri", "train_manifest_uri"),
+    }
+
+
+def training_section(description: Mapping | None) -> dict | None:
+    """From a DescribeTrainingJob response (datetimes as boto3 returns them)."""
+    if description is None:
+        return None
+    started, ended = description.get("TrainingStartTime"), description.get("TrainingEndTime")
+    duration = description.get("TrainingTimeInSeconds")
+    if duration is None and isinstance(started, dt.datetime) and isinstance(ended, dt.datetime):
+        duration = int((ended - started).total_seconds())
+    resources = description.get("ResourceConfig") or {}
+    return {
+        "job_name": description.get("TrainingJobName"),
+        "status": description.get("TrainingJobStatus"),
+        "secondary_status": description.get("SecondaryStatus"),
+        "failure_reason": description.get("FailureReason"),
+        "created": _iso(description.get("CreationTime")),
+        "started": _iso(started),
+        "ended": _iso(ended),
+        "duration_seconds": duration,
+        "billable_seconds": description.get("BillableTimeInSeconds"),
+        "instance_type": resources.get("InstanceType"),
+        "instance_count": resources.get("InstanceCount"),
+        "spot": bool(description.get("EnableManagedSpotTraining", False)),
+        "hyperparameters": dict(description.get("HyperParameters") or {}),
+        "metrics": {
+            metric["MetricName"]: metric["Value"] for metric in description.get("FinalMetricDataList") or []
+        },
+        "model_uri": (description.get("ModelArtifacts") or {}).get("S3ModelArtifacts"),
+    }
+
+
+def decision_section(
+    evaluation: Mapping | None = None,
+    model_package_arn: str | None = None,
+    model_package_status: str | None = None,
+    approval: Mapping | None = None,
+) -> dict | None:
+    """From :func:`evaluation.evaluate_run`, the registry task and the optional human approval."""
+    if evaluation is None and model_package_arn is None:
+        return None
+    evaluation = evaluation or {}
+    candidate = evaluation.get("candidate") or {}
+    champion = evaluation.get("champion")
+    return {
+        "evaluation_uri": evaluation.get("evaluation_uri"),
+        "report_uri": evaluation.get("report_uri"),
+        "candidate": _pick(candidate, "accuracy", "latency_ms", "model_sha256") if candidate else None,
+        "champion": None
+        if champion is None
+        else {
+            "lambda_version": champion.get("lambda_version"),
+            "model_package_arn": champion.get("model_package_arn"),
+            "accuracy": (champion.get("metrics") or {}).get("accuracy"),
+        },
+        "gate": _pick(evaluation.get("gate"), "approved", "reasons", "min_accuracy", "max_regression"),
+        "approval": dict(approval) if approval else None,
+        "model_package": {"arn": model_package_arn, "status": model_package_status},
+    }
+
+
+def deployment_section(
+    publish: Mapping | None = None,
+    smoke_test: Mapping | None = None,
+    alias_shifts: Iterable[Mapping | None] = (),
+    canary: Mapping | None = None,
+    rollback: Mapping | None = None,
+) -> dict | None:
+    """From the Lambda operators' results; ``alias_shifts`` in the order they ran (canary, full)."""
+    shifts = [shift for shift in alias_shifts if shift]
+    if publish is None and not shifts and rollback is None:
+        return None
+    first, last = (shifts[0], shifts[-1]) if shifts else (None, None)
+    return {
+        "lambda_version": (publish or {}).get("version"),
+        "code_sha256": (publish or {}).get("code_sha256"),
+        "version_created": (publish or {}).get("created"),
+        "smoke_test": dict(smoke_test) if smoke_test else None,
+        "alias_before": first["before"] if first else None,
+        "alias_after": (rollback or {}).get("after") or (last["after"] if last else None),
+        "alias_shifts": [_pick(shift, "version", "weight", "before", "after", "changed") for shift in shifts],
+        "canary": dict(canary) if canary else None,
+        "rollback": dict(rollback) if rollback else None,
+    }
+
+
+def decide_outcome(
+    *,
+    failed_tasks: Iterable[str] = (),
+    rolled_back: bool = False,
+    nothing_to_do: bool = False,
+    approved: bool | None = None,
+    dry_run: bool = False,
+) -> str:
+    """The run's outcome, in order of precedence: failed (rolled back), nothing to do, rejected,
+    dry run, deployed."""
+    if list(failed_tasks):
+        return "rolled_back" if rolled_back else "failed"
+    if nothing_to_do:
+        return "nothing_to_do"
+    if approved is False:
+        return "rejected"
+    if dry_run:
+        return "dry_run"
+    return "deployed"
+
+
+def result_section(outcome: str, *, failed_tasks: Iterable[str] = (), error: str | None = None) -> dict:
+    if outcome not in OUTCOMES:
+        raise ValueError(f"outcome must be one of {OUTCOMES}, got {outcome!r}")
+    return {"outcome": outcome, "failed_tasks": sorted(failed_tasks), "error": error}
+
+
+def build_audit_record(
+    *,
+    run: dict,
+    result: dict,
+    data: dict | None = None,
+    training: dict | None = None,
+    decision: dict | None = None,
+    deployment: dict | None = None,
+    written_at: dt.datetime | None = None,
+) -> dict:
+    """The audit document from its sections (see the module docstring)."""
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "written_at": _iso(written_at or dt.datetime.now(dt.UTC)),
+        "run": run,
+        "data": data,
+        "training": training,
+        "decision": decision,
+        "deployment": deployment,
+        "result": result,
+    }
+
+
+# --- storage ------------------------------------------------------------------------------------
+
+
+def write_audit(s3, config: PipelineConfig, record: dict) -> str:
+    """Write (or overwrite: a retried audit task holds the newer truth) the run's record."""
+    return s3io.put_json(s3, config.bucket, config.audit_key(record["run"]["run_id"]), record)
+
+
+def record_run(s3, config: PipelineConfig, record: dict) -> dict:
+    """Mark the run's batches consumed when it deployed, then write its audit record.
+
+    The record is written even when marking fails; the error is then in ``result.error`` and
+    raised after the write.
+    """
+    run_id, outcome = record["run"]["run_id"], record["result"]["outcome"]
+    consumed, failure = [], None
+    if outcome in CONSUMING_OUTCOMES:
+        try:
+            consumed = lake.mark_consumed(s3, config, run_id)
+        except Exception as error:  # the audit record must still be written
+            failure = error
+            note = f"marking the run's batches consumed failed: {error}"
+            record["result"]["error"] = "; ".join(filter(None, [record["result"].get("error"), note]))
+    record["result"]["consumed_batches"] = consumed
+    uri = write_audit(s3, config, record)
+    log.info("audit record for %s (%s): %s", run_id, outcome, uri)
+    if failure is not None:
+        raise failure
+    return {"audit_uri": uri, "outcome": outcome, "consumed_batches": consumed}
+
+
+def read_audit(s3, config: PipelineConfig, run_id: str) -> dict:
+    return s3io.get_json(s3, config.bucket, config.audit_key(run_id))
+
+
+def list_audits(s3, config: PipelineConfig, limit: int | None = None) -> list[dict]:
+    """Summaries of the latest ``limit`` audit records (all by default), newest first."""
+    objects = sorted(
+        (
+            item
+            for item in s3io.list_keys(s3, config.bucket, config.audit_prefix)
+            if item["Key"].endswith(".json")
+        ),
+        key=lambda item: (item["LastModified"], item["Key"]),
+        reverse=True,
+    )
+    summaries = [
+        summarize(s3io.get_json(s3, config.bucket, item["Key"])) | {"key": item["Key"]}
+        for item in objects[:limit]
+    ]
+    # LastModified has a one-second resolution; the record's own timestamp orders within it.
+    return sorted(summaries, key=lambda summary: (summary["written_at"] or "", summary["key"]), reverse=True)
+
+
+def summarize(record: dict) -> dict:
+    """One line's worth of a record: run, trigger, outcome, accuracy, Lambda version."""
+    decision, deployment = record.get("decision") or {}, record.get("deployment") or {}
+    return {
+        "run_id": record["run"]["run_id"],
+        "logical_date": record["run"].get("logical_date"),
+        "trigger": record["run"].get("trigger"),
+        "outcome": record["result"]["outcome"],
+        "accuracy": (decision.get("candidate") or {}).get("accuracy"),
+        "lambda_version": deployment.get("lambda_version"),
+        "written_at": record.get("written_at"),
+    }

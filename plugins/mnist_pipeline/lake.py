@@ -1,0 +1,310 @@
+"""The data lake in S3: find new incoming batches, quarantine bad ones, snapshot what a run trains on.
+
+The life of a nightly batch ``data/incoming/batch-NNNN.npz``:
+
+1. :func:`find_new_batches` lists it while no successful run has consumed it.
+2. :func:`check_batches` validates it: accepted, or moved by :func:`quarantine_batch` to
+   ``data/quarantine/<run>/`` with its validation report beside it (copied first and checked,
+   then deleted from incoming: data is never lost).
+3. :func:`write_snapshot` writes the run's immutable training snapshot: every base shard, every
+   batch earlier successful runs consumed, and this run's accepted batches, each with its sha256.
+   Beside it, a SageMaker ``ManifestFile`` lists the same keys, so the training job reads exactly
+   those objects without copying them.
+4. When the run succeeds, :func:`mark_consumed` adds the snapshot's batches to
+   ``snapshots/consumed.json``. A run that fails or is rejected consumes nothing, so its batches
+   are found again by the next run.
+
+Why an index rather than listing earlier runs' audits: one small object to read per run, and it
+changes only on success. Marking is idempotent (a key already there keeps the run that consumed it
+first). Read-modify-write is safe because the DAG runs one run at a time (``max_active_runs=1``).
+
+Accepted batches stay in ``incoming/``: later snapshots name them there, by key and sha256.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import posixpath
+import re
+from collections.abc import Callable, Iterable
+
+import numpy as np
+
+from mnist_pipeline import s3io
+from mnist_pipeline.config import PipelineConfig
+from mnist_pipeline.shards import SHARD_SUFFIX, ShardError, load_shard_bytes, sha256_bytes
+
+log = logging.getLogger(__name__)
+
+BATCH_NAME = re.compile(r"^batch-\d{4}\.npz$")
+MANIFEST_NAME = "manifest.json"
+TRAIN_MANIFEST_NAME = "train.manifest"
+
+# check(images, labels, batch_name) -> report; report["success"] says whether the batch is accepted.
+BatchCheck = Callable[..., dict]
+
+
+class LakeError(RuntimeError):
+    """The lake is not in the state the pipeline needs; the message says which object and why."""
+
+
+# --- discovery -----------------------------------------------------------------------------
+
+
+def read_consumed(s3, config: PipelineConfig) -> dict[str, dict]:
+    """Batches consumed by successful runs: key → {"sha256", "rows", "run_id"}."""
+    index = s3io.get_json(s3, config.bucket, config.consumed_index_key, default={"batches": {}})
+    return index["batches"]
+
+
+def find_new_batches(s3, config: PipelineConfig) -> dict:
+    """Incoming batches no successful run has consumed yet, oldest first.
+
+    Returns ``{"new": [key, ...], "consumed": [key, ...], "ignored": [key, ...]}``; ``ignored``
+    holds objects under the incoming prefix not named ``batch-NNNN.npz`` (logged, left alone).
+    """
+    consumed = read_consumed(s3, config)
+    new, seen, ignored = [], [], []
+    for item in s3io.list_keys(s3, config.bucket, config.incoming_prefix, recursive=False):
+        key = item["Key"]
+        if not BATCH_NAME.match(posixpath.basename(key)):
+            ignored.append(key)
+        elif key in consumed:
+            seen.append(key)
+        else:
+            new.append(key)
+    if ignored:
+        log.warning("ignoring objects in %s that are not batch-NNNN.npz: %s", config.incoming_prefix, ignored)
+    log.info("incoming batches: %d new %s, %d already consumed", len(new), new, len(seen))
+    return {"new": new, "consumed": seen, "ignored": ignored}
+
+
+# --- reading shards ------------------------------------------------------------------------
+
+
+def read_shard_object(s3, bucket: str, key: str, expected_sha256: str | None = None):
+    """Download and parse one shard; returns (images, labels, sha256). Raises ShardError if bad."""
+    data = s3io.get_bytes(s3, bucket, key)
+    images, labels = load_shard_bytes(data, where=f"s3://{bucket}/{key}", expected_sha256=expected_sha256)
+    return images, labels, sha256_bytes(data)
+
+
+def describe_shard(s3, bucket: str, key: str, expected_sha256: str | None = None) -> dict:
+    """``{"key", "uri", "sha256", "rows"}`` of a shard, read and verified."""
+    _, labels, sha = read_shard_object(s3, bucket, key, expected_sha256)
+    return {"key": key, "uri": f"s3://{bucket}/{key}", "sha256": sha, "rows": int(len(labels))}
+
+
+def shard_keys(s3, bucket: str, prefix: str) -> list[str]:
+    return [item["Key"] for item in s3io.list_keys(s3, bucket, prefix) if item["Key"].endswith(SHARD_SUFFIX)]
+
+
+def read_shards(s3, bucket: str, prefix: str):
+    """Every shard under ``prefix``, concatenated: (images, labels, [{"key", "sha256", "rows"}])."""
+    keys = shard_keys(s3, bucket, prefix)
+    if not keys:
+        raise LakeError(f"no {SHARD_SUFFIX} shards under s3://{bucket}/{prefix}")
+    parts = [read_shard_object(s3, bucket, key) for key in keys]
+    images = np.concatenate([images for images, _, _ in parts])
+    labels = np.concatenate([labels for _, labels, _ in parts])
+    described = [
+        {"key": key, "sha256": sha, "rows": int(len(labels_))}
+        for key, (_, labels_, sha) in zip(keys, parts, strict=True)
+    ]
+    return images, labels, described
+
+
+# --- validation and quarantine -------------------------------------------------------------
+
+
+def check_batches(s3, config: PipelineConfig, run_id: str, keys: Iterable[str], check: BatchCheck) -> dict:
+    """Validate each batch; quarantine those that fail. Safe to re-run for the same run.
+
+    :param keys: incoming batch keys, from :func:`find_new_batches`.
+    :param check: ``check(images, labels, batch_name) -> report``; the batch is accepted when
+        ``report["success"]`` is true. The report (JSON) is stored beside a quarantined batch.
+    :return: ``{"accepted": [{"key", "uri", "sha256", "rows"}], "quarantined": [{"key",
+        "quarantine_key", "report_key", "reasons"}]}``.
+    """
+    accepted, quarantined = [], []
+    for key in keys:
+        name = posixpath.basename(key).removesuffix(SHARD_SUFFIX)
+        existing = _already_quarantined(s3, config, run_id, key)
+        if existing:
+            quarantined.append(existing)
+            continue
+        try:
+            images, labels, sha = read_shard_object(s3, config.bucket, key)
+        except ShardError as error:
+            report = {"batch_name": name, "success": False, "error": str(error)}
+        else:
+            report = check(images, labels, name)
+            if report.get("success"):
+                accepted.append(
+                    {"key": key, "uri": config.s3_uri(key), "sha256": sha, "rows": int(len(labels))}
+                )
+                continue
+        quarantined.append(quarantine_batch(s3, config, run_id, key, report))
+    log.info("accepted %s; quarantined %s", [a["key"] for a in accepted], [q["key"] for q in quarantined])
+    return {"accepted": accepted, "quarantined": quarantined}
+
+
+def quarantine_paths(config: PipelineConfig, run_id: str, key: str) -> tuple[str, str]:
+    """(quarantine key, report key) for an incoming batch key."""
+    name = posixpath.basename(key)
+    destination = config.run_quarantine_prefix(run_id) + name
+    return destination, destination.removesuffix(SHARD_SUFFIX) + ".report.json"
+
+
+def quarantine_batch(s3, config: PipelineConfig, run_id: str, key: str, report: dict) -> dict:
+    """Move a failed batch to the run's quarantine prefix with its report beside it.
+
+    Order matters for "never lose data": the report is written and the copy is made and checked
+    (same size and ETag) before the incoming object is deleted. Re-running after any step
+    finishes the move; a batch already moved is not touched again.
+    """
+    destination, report_key = quarantine_paths(config, run_id, key)
+    source = s3io.head(s3, config.bucket, key)
+    if source is None:
+        if s3io.exists(s3, config.bucket, destination):
+            return _quarantined(config, run_id, key, report)
+        raise LakeError(
+            f"batch {config.s3_uri(key)} is neither in incoming nor in {config.s3_uri(destination)}"
+        )
+    s3io.put_json(s3, config.bucket, report_key, {"run_id": run_id, "batch": key, "report": report})
+    s3.copy_object(Bucket=config.bucket, Key=destination, CopySource={"Bucket": config.bucket, "Key": key})
+    copy = s3io.head(s3, config.bucket, destination)
+    if copy is None or (copy["ContentLength"], copy["ETag"]) != (source["ContentLength"], source["ETag"]):
+        raise LakeError(
+            f"copy of {config.s3_uri(key)} to {config.s3_uri(destination)} does not match the original; "
+            "the batch was left in incoming"
+        )
+    s3.delete_object(Bucket=config.bucket, Key=key)
+    log.warning("quarantined %s → %s: %s", key, destination, "; ".join(failure_reasons(report)))
+    return _quarantined(config, run_id, key, report)
+
+
+def _already_quarantined(s3, config: PipelineConfig, run_id: str, key: str) -> dict | None:
+    destination, report_key = quarantine_paths(config, run_id, key)
+    if s3io.exists(s3, config.bucket, key) or not s3io.exists(s3, config.bucket, destination):
+        return None
+    stored = s3io.get_json(s3, config.bucket, report_key, default={"report": {}})
+    return _quarantined(config, run_id, key, stored["report"])
+
+
+def _quarantined(config: PipelineConfig, run_id: str, key: str, report: dict) -> dict:
+    destination, report_key = quarantine_paths(config, run_id, key)
+    return {
+        "key": key,
+        "quarantine_key": destination,
+        "report_key": report_key,
+        "reasons": failure_reasons(report),
+    }
+
+
+def failure_reasons(report: dict) -> list[str]:
+    """Short reasons from a validation report (``data_checks`` ValidationResult.to_dict() shape)."""
+    if report.get("error"):
+        return [report["error"]]
+    reasons = [
+        f"{item.get('expectation')}: observed {item.get('observed')!r}, expected {item.get('expected')!r}"
+        for item in report.get("failed", [])
+    ]
+    if report.get("skipped"):
+        reasons.append(f"{len(report['skipped'])} content checks skipped (structure is wrong)")
+    return reasons or ["failed validation"]
+
+
+# --- snapshots -----------------------------------------------------------------------------
+
+
+def snapshot_sha256(shards: Iterable[dict]) -> str:
+    """The snapshot's identity: sha256 over its sorted (key, shard sha256) pairs."""
+    pairs = sorted((shard["key"], shard["sha256"]) for shard in shards)
+    return hashlib.sha256(json.dumps(pairs, separators=(",", ":")).encode()).hexdigest()
+
+
+def write_snapshot(s3, config: PipelineConfig, run_id: str, accepted: Iterable[dict]) -> dict:
+    """Write the run's training snapshot and its SageMaker manifest; return a summary for XCom.
+
+    The snapshot is base shards + batches consumed by earlier successful runs + ``accepted`` (this
+    run's, from :func:`check_batches`). Every shard is read and hashed now; an accepted batch
+    whose bytes changed since validation, or a consumed one that changed since it was consumed,
+    fails the task. A snapshot is immutable: re-running with the same shards returns it; with
+    different shards it fails rather than changing what a training job may already be reading.
+
+    :return: ``{"run_id", "sha256", "rows", "shards", "new_batches", "manifest_uri",
+        "train_manifest_uri"}``.
+    """
+    accepted = list(accepted)
+    consumed = read_consumed(s3, config)
+    expected = {key: entry["sha256"] for key, entry in consumed.items()}
+    expected.update({batch["key"]: batch["sha256"] for batch in accepted})
+    keys = shard_keys(s3, config.bucket, config.base_prefix)
+    if not keys:
+        raise LakeError(f"no base shards under {config.s3_uri(config.base_prefix)}; seed the lake first")
+    keys += sorted(expected)
+    try:
+        shards = [describe_shard(s3, config.bucket, key, expected.get(key)) for key in keys]
+    except FileNotFoundError as error:
+        raise LakeError(f"a shard of the snapshot is missing: {error}") from error
+    sha = snapshot_sha256(shards)
+    manifest = {
+        "run_id": run_id,
+        "sha256": sha,
+        "rows": sum(shard["rows"] for shard in shards),
+        "shards": shards,
+        "new_batches": sorted(batch["key"] for batch in accepted),
+    }
+    prefix = config.snapshot_prefix(run_id)
+    manifest_key, train_manifest_key = prefix + MANIFEST_NAME, prefix + TRAIN_MANIFEST_NAME
+    existing = s3io.get_json(s3, config.bucket, manifest_key, default=None)
+    if existing is not None and existing["sha256"] != sha:
+        raise LakeError(
+            f"run {run_id!r} already has snapshot {existing['sha256'][:12]} at {config.s3_uri(manifest_key)}, "
+            f"but its shards now give {sha[:12]}; snapshots are immutable. Trigger a new run, or delete "
+            "that snapshot if no training job used it."
+        )
+    # The SageMaker manifest first: manifest.json is the commit marker a retry checks.
+    train_manifest = [{"prefix": f"s3://{config.bucket}/"}] + [shard["key"] for shard in shards]
+    s3io.put_json(s3, config.bucket, train_manifest_key, train_manifest)
+    if existing is None:
+        s3io.put_json(s3, config.bucket, manifest_key, manifest)
+    else:
+        manifest = existing
+    log.info("snapshot %s: %d shards, %d rows", sha[:12], len(manifest["shards"]), manifest["rows"])
+    return {
+        "run_id": run_id,
+        "sha256": manifest["sha256"],
+        "rows": manifest["rows"],
+        "shards": len(manifest["shards"]),
+        "new_batches": manifest["new_batches"],
+        "manifest_uri": config.s3_uri(manifest_key),
+        "train_manifest_uri": config.s3_uri(train_manifest_key),
+    }
+
+
+def read_snapshot(s3, config: PipelineConfig, run_id: str) -> dict:
+    return s3io.get_json(s3, config.bucket, config.snapshot_prefix(run_id) + MANIFEST_NAME)
+
+
+def mark_consumed(s3, config: PipelineConfig, run_id: str) -> list[str]:
+    """Record the run's snapshot batches as consumed (call only when the run succeeded).
+
+    Returns the keys newly marked. A key already in the index keeps its first run; nothing is
+    written when nothing changes, so calling this twice is harmless.
+    """
+    snapshot = read_snapshot(s3, config, run_id)
+    index = s3io.get_json(s3, config.bucket, config.consumed_index_key, default={"batches": {}})
+    added = []
+    for shard in snapshot["shards"]:
+        key = shard["key"]
+        if key.startswith(config.incoming_prefix) and key not in index["batches"]:
+            index["batches"][key] = {"sha256": shard["sha256"], "rows": shard["rows"], "run_id": run_id}
+            added.append(key)
+    if added:
+        s3io.put_json(s3, config.bucket, config.consumed_index_key, index)
+    log.info("marked consumed by %s: %s", run_id, added)
+    return added

@@ -1,0 +1,176 @@
+"""The lake in S3 (moto): new batches are found once, bad ones quarantined without loss, snapshots are exact."""
+
+import json
+
+import pytest
+from mnist_pipeline import lake
+from mnist_pipeline.shards import ShardError
+
+from tests.fixtures.plugin_aws import put_shard, random_digits
+
+RUN_1 = "scheduled__2025-01-01T02:00:00+00:00"
+RUN_2 = "scheduled__2025-01-02T02:00:00+00:00"
+
+
+def accept_all(images, labels, name):
+    return {"batch_name": name, "success": True, "failed": []}
+
+
+def reject_label_seven_heavy(images, labels, name):
+    """A stand-in check with a named failure, in data_checks' report shape."""
+    share = float((labels == 7).mean())
+    if share > 0.5:
+        return {
+            "batch_name": name,
+            "success": False,
+            "failed": [{"expectation": "class_proportions", "observed": share, "expected": "<= 0.5"}],
+        }
+    return accept_all(images, labels, name)
+
+
+@pytest.fixture
+def lake_in_s3(s3, pipeline_config):
+    """Two base shards, a holdout, three clean incoming batches."""
+    bucket = pipeline_config.bucket
+    shas = {}
+    for index in range(2):
+        key = f"data/base/base-{index:05d}.npz"
+        shas[key] = put_shard(s3, bucket, key, *random_digits(index, 50))
+    put_shard(s3, bucket, "data/holdout/holdout-00000.npz", *random_digits(99, 40))
+    for number in range(1, 4):
+        key = f"data/incoming/batch-{number:04d}.npz"
+        shas[key] = put_shard(s3, bucket, key, *random_digits(10 + number, 20))
+    return shas
+
+
+def keys_under(s3, bucket, prefix):
+    return sorted(
+        item["Key"] for item in s3.list_objects_v2(Bucket=bucket, Prefix=prefix).get("Contents", [])
+    )
+
+
+def test_new_batches_are_listed_oldest_first_and_other_objects_ignored(s3, pipeline_config, lake_in_s3):
+    s3.put_object(Bucket=pipeline_config.bucket, Key="data/incoming/README.txt", Body=b"drop batches here")
+    found = lake.find_new_batches(s3, pipeline_config)
+    assert found["new"] == [f"data/incoming/batch-{n:04d}.npz" for n in (1, 2, 3)]
+    assert found["ignored"] == ["data/incoming/README.txt"]
+
+
+def test_a_batch_consumed_by_a_successful_run_is_not_found_again(s3, pipeline_config, lake_in_s3):
+    checked = lake.check_batches(s3, pipeline_config, RUN_1, ["data/incoming/batch-0001.npz"], accept_all)
+    lake.write_snapshot(s3, pipeline_config, RUN_1, checked["accepted"])
+    assert (
+        "data/incoming/batch-0001.npz" in lake.find_new_batches(s3, pipeline_config)["new"]
+    )  # not yet successful
+
+    assert lake.mark_consumed(s3, pipeline_config, RUN_1) == ["data/incoming/batch-0001.npz"]
+    found = lake.find_new_batches(s3, pipeline_config)
+    assert found["new"] == ["data/incoming/batch-0002.npz", "data/incoming/batch-0003.npz"]
+    assert found["consumed"] == ["data/incoming/batch-0001.npz"]
+    assert lake.mark_consumed(s3, pipeline_config, RUN_1) == []  # idempotent
+
+
+def test_a_failing_batch_is_moved_to_quarantine_with_its_report(s3, pipeline_config, lake_in_s3):
+    bucket = pipeline_config.bucket
+    images, labels = random_digits(5, 20)
+    labels[:] = 7
+    put_shard(s3, bucket, "data/incoming/batch-0004.npz", images, labels)
+    s3.put_object(Bucket=bucket, Key="data/incoming/batch-0005.npz", Body=b"not a shard")
+    keys = lake.find_new_batches(s3, pipeline_config)["new"]
+
+    checked = lake.check_batches(s3, pipeline_config, RUN_1, keys, reject_label_seven_heavy)
+
+    assert [batch["key"] for batch in checked["accepted"]] == keys[:3]
+    assert [batch["sha256"] for batch in checked["accepted"]] == [lake_in_s3[key] for key in keys[:3]]
+    bad, unreadable = checked["quarantined"]
+    assert bad["reasons"] == ["class_proportions: observed 1.0, expected '<= 0.5'"]
+    assert "not a readable .npz shard" in unreadable["reasons"][0]
+    prefix = pipeline_config.run_quarantine_prefix(RUN_1)
+    assert keys_under(s3, bucket, prefix) == sorted(
+        prefix + name
+        for name in ("batch-0004.npz", "batch-0004.report.json", "batch-0005.npz", "batch-0005.report.json")
+    )
+    report = json.loads(s3.get_object(Bucket=bucket, Key=bad["report_key"])["Body"].read())
+    assert report["run_id"] == RUN_1 and report["report"]["success"] is False
+    assert s3.get_object(Bucket=bucket, Key=unreadable["quarantine_key"])["Body"].read() == b"not a shard"
+    assert "data/incoming/batch-0004.npz" not in keys_under(s3, bucket, "data/incoming/")
+    assert lake.find_new_batches(s3, pipeline_config)["new"] == keys[:3]
+
+
+def test_checking_again_for_the_same_run_gives_the_same_answer(s3, pipeline_config, lake_in_s3):
+    images, labels = random_digits(5, 20)
+    labels[:] = 7
+    put_shard(s3, pipeline_config.bucket, "data/incoming/batch-0004.npz", images, labels)
+    keys = lake.find_new_batches(s3, pipeline_config)["new"]
+    first = lake.check_batches(s3, pipeline_config, RUN_1, keys, reject_label_seven_heavy)
+    # A retry gets the keys from the first try's discovery, including the one now in quarantine.
+    again = lake.check_batches(s3, pipeline_config, RUN_1, keys, reject_label_seven_heavy)
+    assert again == first
+
+
+def test_a_quarantine_interrupted_after_the_copy_finishes_without_losing_the_batch(
+    s3, pipeline_config, lake_in_s3
+):
+    bucket, key = pipeline_config.bucket, "data/incoming/batch-0002.npz"
+    original = s3.get_object(Bucket=bucket, Key=key)["Body"].read()
+    destination, _ = lake.quarantine_paths(pipeline_config, RUN_1, key)
+    s3.copy_object(Bucket=bucket, Key=destination, CopySource={"Bucket": bucket, "Key": key})  # crash here
+
+    result = lake.quarantine_batch(s3, pipeline_config, RUN_1, key, {"success": False, "error": "bad"})
+
+    assert result["reasons"] == ["bad"]
+    assert s3.get_object(Bucket=bucket, Key=destination)["Body"].read() == original
+    assert key not in keys_under(s3, bucket, "data/incoming/")
+
+
+def test_the_snapshot_lists_base_consumed_and_accepted_shards_with_their_sha256(
+    s3, pipeline_config, lake_in_s3
+):
+    bucket = pipeline_config.bucket
+    first = lake.check_batches(s3, pipeline_config, RUN_1, ["data/incoming/batch-0001.npz"], accept_all)
+    lake.write_snapshot(s3, pipeline_config, RUN_1, first["accepted"])
+    lake.mark_consumed(s3, pipeline_config, RUN_1)
+
+    second = lake.check_batches(s3, pipeline_config, RUN_2, ["data/incoming/batch-0002.npz"], accept_all)
+    summary = lake.write_snapshot(s3, pipeline_config, RUN_2, second["accepted"])
+
+    manifest = lake.read_snapshot(s3, pipeline_config, RUN_2)
+    expected_keys = [
+        "data/base/base-00000.npz",
+        "data/base/base-00001.npz",
+        "data/incoming/batch-0001.npz",
+        "data/incoming/batch-0002.npz",
+    ]
+    assert [shard["key"] for shard in manifest["shards"]] == expected_keys
+    assert {shard["key"]: shard["sha256"] for shard in manifest["shards"]} == {
+        key: lake_in_s3[key] for key in expected_keys
+    }
+    assert manifest["rows"] == summary["rows"] == 50 + 50 + 20 + 20
+    assert manifest["new_batches"] == ["data/incoming/batch-0002.npz"]
+    assert summary["sha256"] == manifest["sha256"] == lake.snapshot_sha256(manifest["shards"])
+
+    _, train_manifest_key = summary["train_manifest_uri"].removeprefix("s3://").split("/", 1)
+    train_manifest = json.loads(s3.get_object(Bucket=bucket, Key=train_manifest_key)["Body"].read())
+    assert train_manifest == [{"prefix": f"s3://{bucket}/"}, *expected_keys]
+
+
+def test_a_snapshot_is_immutable_but_rewriting_the_same_one_is_harmless(s3, pipeline_config, lake_in_s3):
+    checked = lake.check_batches(s3, pipeline_config, RUN_1, ["data/incoming/batch-0001.npz"], accept_all)
+    first = lake.write_snapshot(s3, pipeline_config, RUN_1, checked["accepted"])
+    assert lake.write_snapshot(s3, pipeline_config, RUN_1, checked["accepted"]) == first
+
+    more = lake.check_batches(s3, pipeline_config, RUN_1, ["data/incoming/batch-0002.npz"], accept_all)
+    with pytest.raises(lake.LakeError, match="already has snapshot .* snapshots are immutable"):
+        lake.write_snapshot(s3, pipeline_config, RUN_1, checked["accepted"] + more["accepted"])
+
+
+def test_a_batch_that_changed_after_validation_is_not_snapshotted(s3, pipeline_config, lake_in_s3):
+    checked = lake.check_batches(s3, pipeline_config, RUN_1, ["data/incoming/batch-0001.npz"], accept_all)
+    put_shard(s3, pipeline_config.bucket, "data/incoming/batch-0001.npz", *random_digits(77, 20))
+    with pytest.raises(ShardError, match="batch-0001.npz: sha256 is .*, expected"):
+        lake.write_snapshot(s3, pipeline_config, RUN_1, checked["accepted"])
+
+
+def test_a_snapshot_needs_base_shards(s3, pipeline_config):
+    with pytest.raises(lake.LakeError, match="no base shards under s3://mnist-pipeline-test/data/base/"):
+        lake.write_snapshot(s3, pipeline_config, RUN_1, [])

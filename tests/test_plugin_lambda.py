@@ -1,0 +1,389 @@
+"""Lambda deployment operators against moto's Lambda control plane (versions, aliases, routing).
+
+moto cannot Invoke without Docker, so the smoke test and canary check get their answers from the
+real handler (``lambda_package/handler.py``) run in-process per version, serving ONNX models fitted
+on real MNIST (see tests/fixtures/plugin_aws.py). Their run against a real Invoke is left to the
+localcloud end-to-end tests.
+"""
+
+import hashlib
+import io
+import json
+import zipfile
+
+import boto3
+import pytest
+from mnist_pipeline import evaluation, lambda_deploy
+from mnist_pipeline.lambda_zip import code_sha256
+
+from tests.fixtures.plugin_aws import (
+    HANDLER_FILE,
+    REGION,
+    load_handler,
+    model_tar_gz,
+    put_shard,
+    record_calls,
+    serve_lambda_versions,
+    write_model_dir,
+)
+
+FUNCTION = "mnist-classifier"
+ALIAS = "live"
+
+
+@pytest.fixture
+def function(s3, pipeline_config):
+    """A function as the infrastructure creates it: placeholder code, version 1, alias live → 1."""
+    iam = boto3.client("iam", region_name=REGION)
+    role = iam.create_role(RoleName="mnist-lambda", AssumeRolePolicyDocument="{}")["Role"]["Arn"]
+    placeholder = io.BytesIO()
+    with zipfile.ZipFile(placeholder, "w") as archive:
+        archive.writestr("handler.py", "def handler(event, context):\n    return {}\n")
+    client = boto3.client("lambda", region_name=REGION)
+    client.create_function(
+        FunctionName=FUNCTION,
+        Runtime="python3.12",
+        Role=role,
+        Handler="handler.handler",
+        Code={"ZipFile": placeholder.getvalue()},
+    )
+    client.publish_version(FunctionName=FUNCTION)
+    client.create_alias(FunctionName=FUNCTION, Name=ALIAS, FunctionVersion="1")
+    return client
+
+
+def upload_zip(s3, config, tmp_path, model: bytes, job: str) -> tuple[str, str]:
+    """A job's model.tar.gz in S3, packaged for Lambda by the pipeline: (zip key, CodeSha256)."""
+    model_key = f"training/{job}/output/model.tar.gz"
+    s3.put_object(
+        Bucket=config.bucket, Key=model_key, Body=model_tar_gz(write_model_dir(tmp_path / job, model, job))
+    )
+    package = lambda_deploy.upload_lambda_package(s3, config, config.s3_uri(model_key))
+    return package["s3_key"], package["code_sha256"]
+
+
+def publish(config, key, sha, description="run r; job j; accuracy 0.9900"):
+    operator = lambda_deploy.LambdaPublishVersionOperator(
+        task_id="publish_lambda_version",
+        function_name=FUNCTION,
+        s3_bucket=config.bucket,
+        s3_key=key,
+        code_sha256=sha,
+        description=description,
+        waiter_delay=0,
+        aws_conn_id=None,
+        region_name=REGION,
+    )
+    return operator, operator.execute({})
+
+
+def operator(cls, **kwargs):
+    return cls(task_id=cls.__name__, function_name=FUNCTION, aws_conn_id=None, region_name=REGION, **kwargs)
+
+
+def alias_now(client):
+    return lambda_deploy.alias_state(client.get_alias(FunctionName=FUNCTION, Name=ALIAS))
+
+
+# --- packaging and publishing --------------------------------------------------------------------------------------
+
+
+def test_a_model_is_packaged_with_the_handler_and_uploaded_once(
+    s3, pipeline_config, tmp_path, centroid_models
+):
+    model_key = "training/job-1/output/model.tar.gz"
+    model_dir = write_model_dir(tmp_path / "job-1", centroid_models["good"], "job-1")
+    s3.put_object(Bucket=pipeline_config.bucket, Key=model_key, Body=model_tar_gz(model_dir))
+
+    first = lambda_deploy.upload_lambda_package(s3, pipeline_config, pipeline_config.s3_uri(model_key))
+    again = lambda_deploy.upload_lambda_package(s3, pipeline_config, pipeline_config.s3_uri(model_key))
+
+    assert (first["uploaded"], again["uploaded"]) == (True, False)
+    assert again["s3_key"] == first["s3_key"] and again["code_sha256"] == first["code_sha256"]
+    data = s3.get_object(Bucket=pipeline_config.bucket, Key=first["s3_key"])["Body"].read()
+    assert first["s3_key"] == f"lambda/{hashlib.sha256(data).hexdigest()}.zip"
+    assert code_sha256(data) == first["code_sha256"]
+    with zipfile.ZipFile(io.BytesIO(data)) as archive:
+        assert archive.namelist() == ["handler.py", "model.onnx", "model_card.json"]
+        assert archive.read("handler.py") == HANDLER_FILE.read_bytes()
+        assert archive.read("model.onnx") == centroid_models["good"]
+
+
+def test_new_code_is_deployed_and_published_as_a_new_version(
+    function, s3, pipeline_config, tmp_path, centroid_models
+):
+    key, sha = upload_zip(s3, pipeline_config, tmp_path, centroid_models["good"], "job-1")
+    _, result = publish(
+        pipeline_config, key, sha, description=lambda_deploy.version_description("r1", "job-1", 0.99123)
+    )
+
+    assert result["version"] == "2"
+    assert result["created"] is True and result["code_updated"] is True
+    assert result["code_sha256"] == sha
+    version = function.get_function_configuration(FunctionName=FUNCTION, Qualifier="2")
+    assert version["CodeSha256"] == sha
+
+
+def test_publishing_the_same_code_again_yields_the_existing_version(
+    function, s3, pipeline_config, tmp_path, centroid_models
+):
+    key, sha = upload_zip(s3, pipeline_config, tmp_path, centroid_models["good"], "job-1")
+    publish(pipeline_config, key, sha)
+
+    retry, result = publish(pipeline_config, key, sha)
+
+    assert result["version"] == "2"
+    assert result["created"] is False and result["code_updated"] is False
+    versions = [v["Version"] for v in function.list_versions_by_function(FunctionName=FUNCTION)["Versions"]]
+    assert versions == ["$LATEST", "1", "2"]
+
+
+def test_an_update_is_skipped_when_latest_already_has_the_code(
+    function, s3, pipeline_config, tmp_path, centroid_models
+):
+    key, sha = upload_zip(s3, pipeline_config, tmp_path, centroid_models["good"], "job-1")
+    function.update_function_code(
+        FunctionName=FUNCTION, S3Bucket=pipeline_config.bucket, S3Key=key
+    )  # crashed before publishing
+
+    operator_ = lambda_deploy.LambdaPublishVersionOperator(
+        task_id="publish",
+        function_name=FUNCTION,
+        s3_bucket=pipeline_config.bucket,
+        s3_key=key,
+        code_sha256=sha,
+        waiter_delay=0,
+        aws_conn_id=None,
+        region_name=REGION,
+    )
+    updates = record_calls(operator_.hook.conn, "UpdateFunctionCode")
+    publishes = record_calls(operator_.hook.conn, "PublishVersion")
+    result = operator_.execute({})
+
+    assert updates == []
+    assert publishes == [{"FunctionName": FUNCTION, "CodeSha256": sha, "Description": ""}]
+    assert result["version"] == "2" and result["created"] is True
+
+
+def test_a_second_model_gets_its_own_version(function, s3, pipeline_config, tmp_path, centroid_models):
+    publish(pipeline_config, *upload_zip(s3, pipeline_config, tmp_path, centroid_models["good"], "job-1"))
+    _, result = publish(
+        pipeline_config, *upload_zip(s3, pipeline_config, tmp_path, centroid_models["weak"], "job-2")
+    )
+    assert result["version"] == "3" and result["created"] is True
+
+
+def test_a_zip_that_is_not_the_one_hashed_fails_the_task(
+    function, s3, pipeline_config, tmp_path, centroid_models
+):
+    key, _ = upload_zip(s3, pipeline_config, tmp_path, centroid_models["good"], "job-1")
+    _, other_sha = upload_zip(s3, pipeline_config, tmp_path, centroid_models["weak"], "job-2")
+    with pytest.raises(Exception, match=r"\$LATEST has CodeSha256 .* not the zip that sha was computed from"):
+        publish(pipeline_config, key, other_sha)
+    assert [v["Version"] for v in function.list_versions_by_function(FunctionName=FUNCTION)["Versions"]] == [
+        "$LATEST",
+        "1",
+    ]
+
+
+# --- the alias -----------------------------------------------------------------------------------------
+
+
+def publish_versions(function, count):
+    """Publish ``count`` more versions (2, 3, ...) of the placeholder code."""
+    for number in range(count):
+        function.update_function_configuration(FunctionName=FUNCTION, Description=f"configuration {number}")
+        function.publish_version(FunctionName=FUNCTION)
+
+
+def test_a_canary_keeps_the_old_version_primary_and_routes_its_weight_to_the_new_one(function):
+    publish_versions(function, 1)
+    shift = operator(lambda_deploy.LambdaAliasShiftOperator, alias=ALIAS, version="2", weight=0.1)
+    updates = record_calls(shift.hook.conn, "UpdateAlias")
+    revision = function.get_alias(FunctionName=FUNCTION, Name=ALIAS)["RevisionId"]
+    result = shift.execute({})
+
+    assert result["before"]["version"] == "1" and result["before"]["weights"] == {}
+    assert result["after"]["version"] == "1" and result["after"]["weights"] == {"2": 0.1}
+    assert alias_now(function)["weights"] == {"2": 0.1}
+    assert updates[0]["RevisionId"] == revision  # a concurrent change would fail, not be overwritten
+
+
+def test_full_promotion_clears_routing_and_a_retry_moves_nothing(function):
+    publish_versions(function, 1)
+    operator(lambda_deploy.LambdaAliasShiftOperator, alias=ALIAS, version="2", weight=0.1).execute({})
+    promote = operator(lambda_deploy.LambdaAliasShiftOperator, alias=ALIAS, version="2")
+    result = promote.execute({})
+    assert (result["after"]["version"], result["after"]["weights"]) == ("2", {})
+
+    retry = operator(lambda_deploy.LambdaAliasShiftOperator, alias=ALIAS, version="2")
+    updates = record_calls(retry.hook.conn, "UpdateAlias")
+    assert retry.execute({})["changed"] is False
+    # A canary task cleared after the promotion must not move the alias back either.
+    canary_again = operator(lambda_deploy.LambdaAliasShiftOperator, alias=ALIAS, version="2", weight=0.1)
+    record = record_calls(canary_again.hook.conn, "UpdateAlias")
+    assert canary_again.execute({})["changed"] is False
+    assert updates == record == []
+    assert (alias_now(function)["version"], alias_now(function)["weights"]) == ("2", {})
+
+
+def test_a_missing_alias_is_created_on_the_version(function):
+    function.delete_alias(FunctionName=FUNCTION, Name=ALIAS)
+    result = operator(lambda_deploy.LambdaAliasShiftOperator, alias=ALIAS, version="1", weight=0.1).execute(
+        {}
+    )
+    assert result["before"]["exists"] is False
+    assert alias_now(function)["version"] == "1"
+
+
+def test_the_alias_must_point_at_a_version_number_with_a_sensible_weight(function):
+    with pytest.raises(ValueError, match=r"published version number, not '\$LATEST'"):
+        operator(lambda_deploy.LambdaAliasShiftOperator, alias=ALIAS, version="$LATEST").execute({})
+    with pytest.raises(ValueError, match=r"weight must be in \(0, 1\], got 1.5"):
+        operator(lambda_deploy.LambdaAliasShiftOperator, alias=ALIAS, version="1", weight=1.5).execute({})
+
+
+def test_rollback_restores_the_previous_version_and_clears_routing_once(function):
+    publish_versions(function, 1)
+    shift = operator(lambda_deploy.LambdaAliasShiftOperator, alias=ALIAS, version="2", weight=0.2).execute({})
+
+    rollback = operator(
+        lambda_deploy.LambdaAliasRollbackOperator, alias=ALIAS, version=shift["before"]["version"]
+    )
+    result = rollback.execute({})
+    assert result["changed"] is True
+    assert (alias_now(function)["version"], alias_now(function)["weights"]) == ("1", {})
+
+    again = operator(lambda_deploy.LambdaAliasRollbackOperator, alias=ALIAS, version="1")
+    updates = record_calls(again.hook.conn, "UpdateAlias")
+    assert again.execute({})["changed"] is False and updates == []
+
+
+def test_rolling_back_a_first_deployment_removes_the_alias_it_created(function):
+    function.delete_alias(FunctionName=FUNCTION, Name=ALIAS)
+    operator(lambda_deploy.LambdaAliasShiftOperator, alias=ALIAS, version="1").execute({})
+    result = operator(lambda_deploy.LambdaAliasRollbackOperator, alias=ALIAS, version=None).execute({})
+    assert result["changed"] is True and result["after"]["exists"] is False
+    assert function.list_aliases(FunctionName=FUNCTION)["Aliases"] == []
+
+
+# --- smoke test and canary (handler in process) -----------------------------------------------------
+
+
+@pytest.fixture
+def holdout_uri(s3, pipeline_config, mnist):
+    key = "data/holdout/holdout-00000.npz"
+    put_shard(s3, pipeline_config.bucket, key, mnist.test_images[:1000], mnist.test_labels[:1000])
+    return pipeline_config.s3_uri(key)
+
+
+@pytest.fixture
+def handlers(tmp_path, centroid_models):
+    good = load_handler(write_model_dir(tmp_path / "good", centroid_models["good"]), "2")
+    weak = load_handler(write_model_dir(tmp_path / "weak", centroid_models["weak"]), "3")
+    return {"2": good, "3": weak}
+
+
+def smoke_test(version, holdout_uri, handlers, min_accuracy, **kwargs):
+    smoke = operator(
+        lambda_deploy.LambdaSmokeTestOperator,
+        version=version,
+        examples_uri=holdout_uri,
+        min_accuracy=min_accuracy,
+        **{"num_examples": 200, "batch_size": 64, **kwargs},
+    )
+    calls = serve_lambda_versions(smoke.hook.conn, FUNCTION, handlers)
+    return smoke.execute({}), calls
+
+
+def test_a_good_version_passes_the_smoke_test(function, holdout_uri, handlers, mnist):
+    result, calls = smoke_test("2", holdout_uri, handlers, min_accuracy=0.75)
+    assert result["examples"] == 200 and result["accuracy"] >= 0.75
+    assert 400 <= result["malformed_status"] < 500
+    assert {call["qualifier"] for call in calls} == {"2"}  # the version itself, never the alias
+    assert [len(call["event"]["inputs"]) for call in calls[:-1]] == [64, 64, 64, 8]
+
+
+def test_by_default_every_digit_is_sent_and_the_evaluated_accuracy_is_reproduced(
+    function, holdout_uri, handlers, mnist, tmp_path, centroid_models
+):
+    result, calls = smoke_test(
+        "2", holdout_uri, handlers, min_accuracy=0.75, num_examples=None, batch_size=200
+    )
+    evaluated = evaluation.evaluate_onnx(
+        write_model_dir(tmp_path / "evaluated", centroid_models["good"]),
+        mnist.test_images[:1000],
+        mnist.test_labels[:1000],
+        latency_samples=1,
+    )
+    assert result["examples"] == 1000
+    assert result["accuracy"] == pytest.approx(evaluated["accuracy"])
+    assert len(calls) == 5 + 1  # 1000 digits in batches of 200, then the malformed request
+
+
+def test_a_version_below_the_accuracy_bar_fails_with_what_it_got_wrong(function, holdout_uri, handlers):
+    with pytest.raises(lambda_deploy.DeploymentCheckFailed) as error:
+        smoke_test("3", holdout_uri, handlers, min_accuracy=0.75)
+    message = str(error.value)
+    assert message.startswith("mnist-classifier:3 classified ")
+    assert "below min_accuracy 0.75; e.g. #" in message
+
+
+def test_a_version_that_accepts_malformed_input_fails(function, holdout_uri, handlers):
+    lenient = handlers["2"]
+
+    def answers_200_to_everything(event, context):
+        if "input" in event:
+            return {"statusCode": 200, "headers": {}, "body": json.dumps({"prediction": 0})}
+        return lenient(event, context)
+
+    with pytest.raises(
+        lambda_deploy.DeploymentCheckFailed, match="to a malformed request .* it must answer 4xx"
+    ):
+        smoke_test("2", holdout_uri, {"2": answers_200_to_everything}, min_accuracy=0.75)
+
+
+def test_the_smoke_test_refuses_an_alias(function, holdout_uri, handlers):
+    with pytest.raises(ValueError, match="not 'live' \\(an alias or \\$LATEST\\)"):
+        smoke_test("live", holdout_uri, handlers, min_accuracy=0.75)
+
+
+def test_the_canary_check_counts_calls_per_version_through_the_alias(function, holdout_uri, handlers):
+    publish_versions(function, 2)  # versions 2 and 3
+    function.update_alias(
+        FunctionName=FUNCTION,
+        Name=ALIAS,
+        FunctionVersion="2",
+        RoutingConfig={"AdditionalVersionWeights": {"3": 0.5}},
+    )
+    canary = operator(
+        lambda_deploy.LambdaCanaryCheckOperator, alias=ALIAS, examples_uri=holdout_uri, invocations=20
+    )
+    calls = serve_lambda_versions(canary.hook.conn, FUNCTION, handlers)
+    result = canary.execute({})
+
+    assert {call["qualifier"] for call in calls} == {ALIAS}
+    assert set(result["by_version"]) == {"2", "3"}
+    assert sum(counts["invocations"] for counts in result["by_version"].values()) == 20
+
+
+def test_the_canary_check_fails_when_any_call_fails(function, holdout_uri, handlers):
+    def crashes(event, context):
+        raise RuntimeError("model file missing")
+
+    canary = operator(
+        lambda_deploy.LambdaCanaryCheckOperator, alias=ALIAS, examples_uri=holdout_uri, invocations=5
+    )
+    serve_lambda_versions(canary.hook.conn, FUNCTION, {"1": crashes})
+    with pytest.raises(
+        lambda_deploy.DeploymentCheckFailed,
+        match="mnist-classifier:live raised an error .*model file missing",
+    ):
+        canary.execute({})
+
+
+def test_an_answer_that_is_not_an_api_gateway_response_is_named():
+    with pytest.raises(
+        lambda_deploy.DeploymentCheckFailed, match="fn:2 answered b'\"ok\"', not an API Gateway-style"
+    ):
+        lambda_deploy.parse_handler_response(b'"ok"', "fn:2")
