@@ -11,6 +11,7 @@ import sys
 
 import numpy as np
 import pytest
+
 from mnist_pipeline import dataset
 from mnist_pipeline.dataset import IDX_FILES, DatasetError, LakePlan, read_idx_dir, seed_lake
 from mnist_pipeline.shards import ShardError, read_shard, sha256_file, write_shard

@@ -11,6 +11,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+
 from mnist_pipeline.lambda_zip import HANDLER, build_lambda_zip, code_sha256, write_lambda_zip
 
 REPO = Path(__file__).resolve().parents[1]

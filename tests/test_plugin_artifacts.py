@@ -4,6 +4,7 @@ import io
 import tarfile
 
 import pytest
+
 from mnist_pipeline import artifacts
 
 

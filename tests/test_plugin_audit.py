@@ -5,8 +5,8 @@ import json
 from types import SimpleNamespace
 
 import pytest
-from mnist_pipeline import audit, lake
 
+from mnist_pipeline import audit, lake
 from tests.fixtures.plugin_aws import put_shard, random_digits
 
 UTC = dt.UTC

@@ -1,6 +1,7 @@
 """Settings come from Airflow Variables, then MNIST_* env; problems are reported all at once."""
 
 import pytest
+
 from mnist_pipeline.config import ConfigError, PipelineConfig, load_config, run_key
 
 REQUIRED_ENV = {

@@ -5,8 +5,8 @@ import json
 import boto3
 import numpy as np
 import pytest
-from mnist_pipeline import evaluation, registry
 
+from mnist_pipeline import evaluation, registry
 from tests.fixtures.plugin_aws import (
     REGION,
     centroid_predictions,

@@ -13,9 +13,9 @@ import zipfile
 
 import boto3
 import pytest
+
 from mnist_pipeline import evaluation, lambda_deploy
 from mnist_pipeline.lambda_zip import code_sha256
-
 from tests.fixtures.plugin_aws import (
     HANDLER_FILE,
     REGION,

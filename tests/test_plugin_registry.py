@@ -2,8 +2,8 @@
 
 import boto3
 import pytest
-from mnist_pipeline import registry
 
+from mnist_pipeline import registry
 from tests.fixtures.plugin_aws import REGION
 
 GROUP = "mnist-classifier"

@@ -10,8 +10,8 @@ import pytest
 from airflow.providers.common.compat.sdk import AirflowException
 from botocore.exceptions import ParamValidationError
 from botocore.validate import validate_parameters
-from mnist_pipeline import training
 
+from mnist_pipeline import training
 from model_code.metric_definitions import METRIC_DEFINITIONS
 from tests.fixtures.plugin_aws import ACCOUNT, REGION, ROLE_ARN
 
