@@ -20,6 +20,7 @@ from localcloud import __version__
 from localcloud.config import Config
 from localcloud.logs import LogsBackend, LogsService
 from localcloud.s3 import S3Backend, S3Service
+from localcloud.sagemaker import SageMakerBackend, SageMakerService
 from localcloud.server import HttpServer, Router, is_loopback
 from localcloud.service import Backend, Service
 from localcloud.store import Store
@@ -44,9 +45,11 @@ class LocalCloud:
         config = self.config
         self.s3 = S3Backend(store, config)
         self.logs = LogsBackend(store, config)
+        self.sagemaker = SageMakerBackend(store, config, s3=self.s3, logs=self.logs)
         self.services = [
             S3Service(self.s3, config),
             LogsService(self.logs, config),
+            SageMakerService(self.sagemaker, config),
             StsService(None, config),
         ]
 
