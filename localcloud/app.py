@@ -17,7 +17,9 @@ from dataclasses import replace
 from typing import Any
 
 from localcloud import __version__
+from localcloud.apigateway import ApiGatewayBackend, ApiGatewayService
 from localcloud.config import Config
+from localcloud.lambda_ import LambdaBackend, LambdaService
 from localcloud.logs import LogsBackend, LogsService
 from localcloud.s3 import S3Backend, S3Service
 from localcloud.sagemaker import SageMakerBackend, SageMakerService
@@ -46,10 +48,14 @@ class LocalCloud:
         self.s3 = S3Backend(store, config)
         self.logs = LogsBackend(store, config)
         self.sagemaker = SageMakerBackend(store, config, s3=self.s3, logs=self.logs)
+        self.lambda_ = LambdaBackend(store, config, s3=self.s3, logs=self.logs)
+        self.apigateway = ApiGatewayBackend(store, config, lambda_=self.lambda_)
         self.services = [
             S3Service(self.s3, config),
             LogsService(self.logs, config),
             SageMakerService(self.sagemaker, config),
+            LambdaService(self.lambda_, config),
+            ApiGatewayService(self.apigateway, config),
             StsService(None, config),
         ]
 
