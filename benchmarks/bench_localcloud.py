@@ -28,6 +28,7 @@ from benchmarks.harness import Figure, repeat
 OBJECT_MB = 50
 S3_REPEATS = 5
 INVOKES = 500
+STARTUP_REPEATS = 5
 NOOP_HANDLER = "def handler(event, context):\n    return event\n"
 
 
@@ -38,9 +39,13 @@ def _free_port() -> int:
 
 
 @contextmanager
-def serve_localcloud():
-    """A localcloud server process on a free loopback port with a throwaway data dir."""
+def serve_localcloud(started: list[float] | None = None):
+    """A localcloud server process on a free loopback port with a throwaway data dir.
+
+    :param started: if given, receives the seconds from spawning the process to a healthy answer.
+    """
     port = _free_port()
+    spawned = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="bench-localcloud-") as data_dir:
         proc = subprocess.Popen(
             [sys.executable, "-m", "localcloud", "serve", "--port", str(port), "--data-dir", data_dir],
@@ -57,7 +62,9 @@ def serve_localcloud():
                 except OSError:
                     if proc.poll() is not None or time.monotonic() > deadline:
                         raise RuntimeError("localcloud did not become healthy within 30 s") from None
-                    time.sleep(0.05)
+                    time.sleep(0.01)
+            if started is not None:
+                started.append(time.perf_counter() - spawned)
             yield url
         finally:
             proc.terminate()
@@ -161,6 +168,11 @@ def _invoke_figures(make_client, endpoint_url: str) -> list[Figure]:
 def run() -> list[Figure]:
     from localcloud.app import make_client
 
+    startups: list[float] = []
+    for _ in range(STARTUP_REPEATS):
+        with serve_localcloud(startups):
+            pass
+    startup = Figure("localcloud", "startup: process spawn to healthy", "s", startups, target="<= 2")
     with serve_localcloud() as url:
         client = lambda service: make_client(url, service)  # noqa: E731
-        return _s3_figures(client) + _invoke_figures(client, url)
+        return [startup, *_s3_figures(client), *_invoke_figures(client, url)]
