@@ -325,6 +325,14 @@ class S3Backend(Backend):
 
     # objects
 
+    def _write_blob(self, body) -> str:
+        """Stream a request body into a new blob, verifying its checksums before committing it."""
+        with self.store.blob_writer() as writer:
+            while chunk := body.read(1 << 20):
+                writer.write(chunk)
+            body.verify()
+            return writer.commit()
+
     def put_object(
         self,
         bucket: str,
@@ -338,11 +346,7 @@ class S3Backend(Backend):
         """Stream `body` into a new blob and make it the object; returns the object's document."""
         _check_key(key)
         self.bucket(bucket)
-        with self.store.blob_writer() as writer:
-            while chunk := body.read(1 << 20):
-                writer.write(chunk)
-            body.verify()
-            blob = writer.commit()
+        blob = self._write_blob(body)
         doc = {
             "blob": blob,
             "size": body.size,
@@ -521,11 +525,7 @@ class S3Backend(Backend):
                 ArgumentName="partNumber",
             )
         self.upload(bucket, key, upload_id)
-        with self.store.blob_writer() as writer:
-            while chunk := body.read(1 << 20):
-                writer.write(chunk)
-            body.verify()
-            blob = writer.commit()
+        blob = self._write_blob(body)
         doc = {
             "blob": blob,
             "size": body.size,
