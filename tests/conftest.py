@@ -5,4 +5,6 @@ pytest_plugins = [
     "tests.fixtures.model",
     "tests.fixtures.localcloud",
     "tests.fixtures.plugin_aws",
+    # Last: it points AIRFLOW_HOME at a temporary directory before any test module imports airflow.
+    "tests.fixtures.airflow",
 ]

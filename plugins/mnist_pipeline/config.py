@@ -219,3 +219,40 @@ def load_config(
     if problems:
         raise ConfigError("mnist pipeline settings are missing or invalid:\n  - " + "\n  - ".join(problems))
     return PipelineConfig(**values)
+
+
+# --- settings the DAG needs when it is parsed -------------------------------------------------------
+
+DEFAULT_POKE_INTERVAL_S = 60
+
+
+def dag_schedule(environ: Mapping[str, str] | None = None) -> str:
+    """The DAG's schedule, read when the DAG file is parsed: from the environment only.
+
+    Parsing happens every few seconds in the dag-processor, so it must not query the metadata DB
+    for a Variable. The Variable ``mnist_schedule`` still works when set in its environment form
+    ``AIRFLOW_VAR_MNIST_SCHEDULE``; ``MNIST_SCHEDULE`` is the pipeline's usual fallback.
+    """
+    environ = os.environ if environ is None else environ
+    value = (environ.get("AIRFLOW_VAR_MNIST_SCHEDULE") or environ.get("MNIST_SCHEDULE") or "").strip()
+    if not value:
+        return PipelineConfig.schedule
+    problem = _check_schedule(value)
+    if problem:
+        raise ConfigError(f"mnist_schedule: {problem}; set AIRFLOW_VAR_MNIST_SCHEDULE or MNIST_SCHEDULE")
+    return value
+
+
+def training_poke_interval(environ: Mapping[str, str] | None = None) -> int:
+    """Seconds between checks of a running training job (``MNIST_TRAINING_POKE_INTERVAL``, parse time).
+
+    A nightly job trains for minutes, so a minute between checks is plenty; the end-to-end tests,
+    whose jobs train for seconds, set it to 1.
+    """
+    environ = os.environ if environ is None else environ
+    value = (environ.get("MNIST_TRAINING_POKE_INTERVAL") or "").strip()
+    if not value:
+        return DEFAULT_POKE_INTERVAL_S
+    if not value.isdigit() or int(value) < 1:
+        raise ConfigError(f"MNIST_TRAINING_POKE_INTERVAL: {value!r} is not a whole number of seconds >= 1")
+    return int(value)

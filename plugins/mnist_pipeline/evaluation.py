@@ -202,7 +202,9 @@ def evaluate_run(
     """Evaluate the run's model and the champion on the holdout, decide, and write the reports.
 
     :return: the evaluation document (also at ``evaluation_uri``) with ``evaluation_uri``,
-        ``report_uri`` and ``examples_uri`` (a holdout shard, for the Lambda smoke test) added.
+        ``report_uri`` and ``examples_uri`` (a holdout shard, for the Lambda smoke test) added,
+        and, flat for the DAG's wiring, ``accuracy`` (the candidate's) and ``champion_version``
+        (the version behind the alias now, None without one: what a rollback restores).
     """
     images, labels, holdout_shards = lake.read_shards(s3, config.bucket, config.holdout_prefix)
     champion = find_champion(
@@ -246,6 +248,8 @@ def evaluate_run(
         "evaluation_uri": evaluation_uri,
         "report_uri": report_uri,
         "examples_uri": config.s3_uri(holdout_shards[0]["key"]),
+        "accuracy": candidate["accuracy"],
+        "champion_version": champion["lambda_version"] if champion else None,
     }
 
 
