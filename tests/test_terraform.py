@@ -1,0 +1,220 @@
+"""infra/terraform: formatted and valid (offline, when terraform is installed), least privilege,
+and the Airflow workers' policy in step with the AWS calls the DAG makes."""
+
+import dataclasses
+import os
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import botocore.session
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+TERRAFORM_DIR = ROOT / "infra" / "terraform"
+PLUGIN_MIRROR_CANDIDATES = [
+    os.environ.get("TF_PLUGIN_DIR", ""),
+    "/opt/tf-plugins",
+    "/usr/share/terraform/plugins",
+]
+
+# plugins/ modules that set up local state (`make demo`); on AWS, Terraform does their part.
+SETUP_MODULES = {"bootstrap.py", "demo.py", "dataset.py"}
+
+# Calls the amazon provider's operators make for the DAG (not visible in plugins/):
+# SageMakerTrainingOperator → create_training_job after checking the S3 inputs exist;
+# SageMakerRegisterModelVersionOperator → create_model_package_group (every run, "exists" is fine),
+# create_model_package, and delete_model_package_group when it created the group and then failed.
+PROVIDER_CALLS = {
+    "s3": {"head_bucket", "head_object", "list_objects_v2"},
+    "sagemaker": {
+        "create_training_job",
+        "create_model_package_group",
+        "create_model_package",
+        "delete_model_package_group",
+    },
+}
+
+# Permissions a call needs beyond its own name.
+IMPLIED_ACTIONS = {
+    "s3:HeadObject": {"s3:GetObject"},
+    "s3:HeadBucket": {"s3:ListBucket"},
+    "s3:ListObjectsV2": {"s3:ListBucket"},
+    "s3:CopyObject": {"s3:GetObject", "s3:PutObject"},
+    "lambda:Invoke": {"lambda:InvokeFunction"},
+    "sagemaker:CreateTrainingJob": {"sagemaker:CreateTrainingJob", "sagemaker:AddTags", "iam:PassRole"},
+}
+
+SERVICES = ("s3", "sagemaker", "lambda")
+CLIENT_CALL = re.compile(r"\b(?:s3|sm|conn|hook)\.([a-z][a-z0-9_]*)\(")
+PAGINATOR_OR_WAITER = re.compile(r"\bget_(paginator|waiter)\(\s*\"([a-z0-9_]+)\"")
+NON_API_METHODS = {"get_paginator", "get_waiter", "check_status"}  # boto3/provider helpers, not calls
+
+
+def find_plugin_mirror() -> Path | None:
+    for candidate in PLUGIN_MIRROR_CANDIDATES:
+        if candidate and (Path(candidate) / "registry.terraform.io" / "hashicorp" / "aws").is_dir():
+            return Path(candidate)
+    return None
+
+
+def terraform(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    env = {**os.environ, "TF_IN_AUTOMATION": "1", "TF_CLI_CONFIG_FILE": os.devnull, "CHECKPOINT_DISABLE": "1"}
+    return subprocess.run(
+        ["terraform", *args, "-no-color"], cwd=cwd, env=env, capture_output=True, text=True, timeout=300
+    )
+
+
+def tf_files() -> dict[str, str]:
+    return {path.name: path.read_text() for path in sorted(TERRAFORM_DIR.glob("*.tf"))}
+
+
+def iam_actions(hcl: str) -> list[str]:
+    """Every string in an ``actions = [...]`` list."""
+    actions = []
+    for block in re.findall(r"\bactions\s*=\s*\[(.*?)\]", hcl, flags=re.S):
+        actions += re.findall(r'"([^"]*)"', block)
+    return actions
+
+
+def operation_names() -> dict[str, dict[str, str]]:
+    """Per service: boto3 method name → API operation name, from botocore's own models."""
+    session = botocore.session.get_session()
+    names = {}
+    for service in SERVICES:
+        model = session.get_service_model(service)
+        names[service] = {botocore.xform_name(op): op for op in model.operation_names}
+    return names
+
+
+def calls_in_plugins() -> set[tuple[str, str]]:
+    """(service, API operation) for each boto3 call in plugins/mnist_pipeline (setup modules aside)."""
+    operations = operation_names()
+    lambda_waiters = botocore.session.get_session().get_waiter_model("lambda")
+    calls = set()
+    for path in sorted((ROOT / "plugins" / "mnist_pipeline").glob("*.py")):
+        if path.name in SETUP_MODULES:
+            continue
+        source = path.read_text()
+        methods = {name for name in CLIENT_CALL.findall(source) if name not in NON_API_METHODS}
+        for kind, name in PAGINATOR_OR_WAITER.findall(source):
+            if kind == "paginator":
+                methods.add(name)
+                continue
+            waiter = "".join(part.capitalize() for part in name.split("_"))  # function_updated_v2
+            assert waiter in lambda_waiters.waiter_names, f"{path.name}: {name!r} is not a Lambda waiter"
+            calls.add(("lambda", lambda_waiters.get_waiter(waiter).operation))
+        for method in methods:
+            services = [service for service in SERVICES if method in operations[service]]
+            assert len(services) == 1, (
+                f"{path.name} calls {method}(), which is an operation of {services or 'none'} of {SERVICES}: "
+                "teach this test which service it belongs to"
+            )
+            calls.add((services[0], operations[services[0]][method]))
+    return calls
+
+
+def required_actions() -> set[str]:
+    operations = operation_names()
+    calls = calls_in_plugins()
+    calls |= {
+        (service, operations[service][method])
+        for service, methods in PROVIDER_CALLS.items()
+        for method in methods
+    }
+    required = set()
+    for service, operation in calls:
+        action = f"{service}:{operation}"
+        required |= IMPLIED_ACTIONS.get(action, {action})
+    return required
+
+
+# --- static checks (always run) -----------------------------------------------------------------
+
+
+def test_the_resources_the_issue_asks_for_are_declared():
+    hcl = "\n".join(tf_files().values())
+    for resource in [
+        'resource "aws_s3_bucket_versioning"',
+        'resource "aws_s3_bucket_server_side_encryption_configuration"',
+        'resource "aws_s3_bucket_public_access_block"',
+        'resource "aws_iam_role" "sagemaker"',
+        'resource "aws_iam_role" "lambda"',
+        'resource "aws_lambda_layer_version"',
+        'resource "aws_lambda_alias" "live"',
+        'resource "aws_apigatewayv2_route"',
+        'resource "aws_cloudwatch_metric_alarm" "alias_errors"',
+        'resource "aws_cloudwatch_metric_alarm" "alias_latency"',
+        'resource "aws_iam_policy" "airflow"',
+    ]:
+        assert resource in hcl, f"infra/terraform declares no {resource}"
+    for setting in [
+        r'runtime\s*=\s*"python3\.12"',
+        r'route_key\s*=\s*"POST /mnist"',
+        r"reserved_concurrent_executions\s*=\s*var\.reserved_concurrency",
+        r"throttling_rate_limit\s*=",
+        r"access_log_settings\s*\{",
+        r"retention_in_days\s*=",
+    ]:
+        assert re.search(setting, hcl), f"infra/terraform has no {setting}"
+
+
+def test_no_iam_statement_grants_a_wildcard_action():
+    for name, hcl in tf_files().items():
+        actions = iam_actions(hcl)
+        wildcards = [action for action in actions if "*" in action]
+        assert not wildcards, f"{name} grants wildcard actions {wildcards}; name each action"
+        malformed = [action for action in actions if not re.fullmatch(r"[a-z0-9-]+:[A-Za-z0-9]+", action)]
+        assert not malformed, f"{name} has actions that are not service:Action: {malformed}"
+
+
+def test_airflow_worker_policy_grants_exactly_what_the_dag_calls():
+    granted = set(iam_actions(tf_files()["airflow.tf"]))
+    required = required_actions()
+    assert required - granted == set(), (
+        f"the DAG calls these but airflow.tf does not grant them: {sorted(required - granted)}"
+    )
+    assert granted - required == set(), (
+        f"airflow.tf grants these but the DAG never calls them: {sorted(granted - required)}"
+    )
+
+
+def test_airflow_variables_output_uses_the_pipeline_setting_names():
+    from mnist_pipeline.config import PipelineConfig
+
+    outputs = tf_files()["outputs.tf"]
+    block = re.search(r'output "airflow_variables".*?value = \{(.*?)\n  \}', outputs, flags=re.S).group(1)
+    names = set(re.findall(r"^\s*(mnist_[a-z_]+)\s*=", block, flags=re.M))
+    settings = {f"mnist_{field.name}" for field in dataclasses.fields(PipelineConfig)}
+    assert names <= settings, f"not settings of config.py: {sorted(names - settings)}"
+    required = {
+        f"mnist_{field.name}"
+        for field in dataclasses.fields(PipelineConfig)
+        if field.default is dataclasses.MISSING
+    }
+    assert required <= names, f"required settings missing from the output: {sorted(required - names)}"
+
+
+# --- terraform itself (when installed) ----------------------------------------------------------
+
+needs_terraform = pytest.mark.skipif(shutil.which("terraform") is None, reason="terraform is not installed")
+
+
+@needs_terraform
+def test_terraform_fmt_check_passes():
+    result = terraform("fmt", "-check", "-recursive", "-diff", cwd=TERRAFORM_DIR)
+    assert result.returncode == 0, f"terraform fmt would change:\n{result.stdout}{result.stderr}"
+
+
+@needs_terraform
+def test_terraform_validate_passes_offline(tmp_path):
+    mirror = find_plugin_mirror()
+    if mirror is None:
+        pytest.skip("no local provider mirror with hashicorp/aws (set TF_PLUGIN_DIR)")
+    work = tmp_path / "terraform"
+    shutil.copytree(TERRAFORM_DIR, work, ignore=shutil.ignore_patterns(".terraform*", "build", "*.tfstate*"))
+    init = terraform("init", "-backend=false", "-input=false", f"-plugin-dir={mirror}", cwd=work)
+    assert init.returncode == 0, f"terraform init failed:\n{init.stdout}{init.stderr}"
+    validate = terraform("validate", cwd=work)
+    assert validate.returncode == 0, f"terraform validate failed:\n{validate.stdout}{validate.stderr}"
