@@ -67,6 +67,17 @@ def repeat(fn: Callable[[], object], times: int, *, warmup: int = 0) -> list[flo
     return samples
 
 
+def percentile(samples: list[float], q: float) -> float:
+    """The q-th percentile (0..100) of samples, interpolated between the nearest ranks."""
+    ordered = sorted(samples)
+    if not ordered:
+        raise ValueError("percentile of no samples")
+    rank = (len(ordered) - 1) * q / 100
+    low = int(rank)
+    high = min(low + 1, len(ordered) - 1)
+    return ordered[low] + (ordered[high] - ordered[low]) * (rank - low)
+
+
 def machine() -> dict:
     model = platform.processor() or "unknown"
     try:
