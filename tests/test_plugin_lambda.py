@@ -387,3 +387,38 @@ def test_an_answer_that_is_not_an_api_gateway_response_is_named():
         lambda_deploy.DeploymentCheckFailed, match="fn:2 answered b'\"ok\"', not an API Gateway-style"
     ):
         lambda_deploy.parse_handler_response(b'"ok"', "fn:2")
+
+
+class FormattingLog:
+    """Formats every call like Airflow's task logger does (``message % args``), so a bad
+    placeholder fails here as it fails under the real task runner; dag.test() swallows it."""
+
+    def __getattr__(self, level):
+        return lambda message, *args, **kwargs: message % args if args else message
+
+
+def test_the_canary_check_takes_its_rendered_template_values(function, holdout_uri, handlers):
+    # The DAG passes invocations="{{ params.canary_invocations }}", which renders to a string.
+    canary = operator(
+        lambda_deploy.LambdaCanaryCheckOperator, alias=ALIAS, examples_uri=holdout_uri, invocations="4"
+    )
+    canary._cached_logger = FormattingLog()
+    publish_versions(function, 1)  # version 2, the good model
+    function.update_alias(FunctionName=FUNCTION, Name=ALIAS, FunctionVersion="2")
+    serve_lambda_versions(canary.hook.conn, FUNCTION, handlers)
+    result = canary.execute({})
+    assert result["invocations"] == 4
+    assert sum(counts["invocations"] for counts in result["by_version"].values()) == 4
+
+
+def test_the_smoke_test_takes_its_rendered_template_values(function, holdout_uri, handlers):
+    smoke = operator(
+        lambda_deploy.LambdaSmokeTestOperator,
+        version="2",
+        examples_uri=holdout_uri,
+        num_examples="50",
+        min_accuracy="0.5",
+    )
+    smoke._cached_logger = FormattingLog()
+    serve_lambda_versions(smoke.hook.conn, FUNCTION, handlers)
+    assert smoke.execute({})["examples"] == 50

@@ -525,10 +525,12 @@ class LambdaCanaryCheckOperator(_LambdaExamplesMixin, AwsBaseOperator[LambdaHook
         self.invocations = invocations
 
     def execute(self, context: Context) -> dict:
-        pixels, labels = self.load_examples(int(self.invocations))
+        # A template field: rendered from "{{ params.canary_invocations }}" it arrives as a string.
+        invocations = int(self.invocations)
+        pixels, labels = self.load_examples(invocations)
         by_version: dict[str, dict[str, int]] = {}
         failures = []
-        for index in range(int(self.invocations)):
+        for index in range(invocations):
             image, label = pixels[index % len(pixels)], labels[index % len(labels)]
             status, body, executed = invoke_json(
                 self.hook.conn, self.function_name, self.alias, {"input": image}
@@ -541,11 +543,11 @@ class LambdaCanaryCheckOperator(_LambdaExamplesMixin, AwsBaseOperator[LambdaHook
                 counts["correct"] += 1
         if failures:
             raise DeploymentCheckFailed(
-                f"{len(failures)} of {self.invocations} calls to {self.function_name}:{self.alias} failed: "
+                f"{len(failures)} of {invocations} calls to {self.function_name}:{self.alias} failed: "
                 + "; ".join(failures[:5])
             )
-        self.log.info("All %d calls through %s succeeded: %s", self.invocations, self.alias, by_version)
-        return {"alias": self.alias, "invocations": int(self.invocations), "by_version": by_version}
+        self.log.info("All %d calls through %s succeeded: %s", invocations, self.alias, by_version)
+        return {"alias": self.alias, "invocations": invocations, "by_version": by_version}
 
 
 class LambdaAliasRollbackOperator(AwsBaseOperator[LambdaHook]):
