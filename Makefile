@@ -9,7 +9,7 @@ STAMP  := $(VENV)/.installed
 PIP_VERSION := 26.3
 PYTEST_ARGS ?=
 
-.PHONY: help install lock data test lint demo bench endpoint down clean
+.PHONY: help install lock data test lint demo bench endpoint feed status down clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -45,8 +45,20 @@ lint: $(STAMP)  ## ruff
 bench: $(STAMP)  ## measure (writes benchmarks/results/latest.json, prints a table)
 	$(PY) -m benchmarks.run
 
-demo endpoint down: $(STAMP)
-	@echo "make $@: not built yet (see the open issues); nothing was started." >&2; exit 2
+demo: $(STAMP)  ## run the whole pipeline locally: localcloud + Airflow, one run, a real prediction
+	$(PY) -m mnist_pipeline.demo up
+
+endpoint: $(STAMP)  ## print the demo's endpoint URL
+	@$(PY) -m mnist_pipeline.demo endpoint
+
+feed: $(STAMP)  ## drop the next nightly batch into incoming/
+	@$(PY) -m mnist_pipeline.demo feed
+
+status: $(STAMP)  ## show what make demo started and whether it runs
+	@$(PY) -m mnist_pipeline.demo status
+
+down: $(STAMP)  ## stop what make demo started (only those processes)
+	@$(PY) -m mnist_pipeline.demo down
 
 clean:  ## remove caches and runtime state (keeps .venv and the MNIST cache)
 	rm -rf .pytest_cache .ruff_cache test-artifacts .localcloud .airflow .run
