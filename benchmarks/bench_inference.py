@@ -27,7 +27,6 @@ import json
 import multiprocessing
 import os
 import re
-import subprocess
 import sys
 import tempfile
 import threading
@@ -38,7 +37,7 @@ import urllib.request
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
-from benchmarks.harness import Figure, percentile
+from benchmarks.harness import Figure, free_port, percentile, serving
 
 REPO = Path(__file__).resolve().parents[1]
 QUICK_HYPERPARAMETERS = {
@@ -161,41 +160,19 @@ def train_quick_model(work_dir: Path) -> Path:
 @contextlib.contextmanager
 def serve_baseline(model_dir: Path):
     """``benchmarks.baseline_server`` on a free loopback port; yields its POST /mnist URL."""
-    from benchmarks.bench_localcloud import _free_port
-
-    port = _free_port()
-    proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "benchmarks.baseline_server",
-            "--port",
-            str(port),
-            "--model-dir",
-            str(model_dir),
-        ],
-        cwd=REPO,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-    )
+    port = free_port()
+    argv = [
+        sys.executable,
+        "-m",
+        "benchmarks.baseline_server",
+        "--port",
+        str(port),
+        "--model-dir",
+        str(model_dir),
+    ]
     url = f"http://127.0.0.1:{port}/mnist"
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                urllib.request.urlopen(urllib.request.Request(url, method="GET"), timeout=1)
-            except urllib.error.HTTPError:  # 405 for GET: it is up
-                break
-            except OSError:
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(
-                        f"baseline server did not start: {proc.stderr.read().decode()[-2000:]}"
-                    ) from None
-                time.sleep(0.05)
+    with serving(argv, url, cwd=REPO):  # GET /mnist answers 405: up
         yield url
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
 
 
 def deploy_endpoint(make_client, package: bytes) -> str:

@@ -13,17 +13,14 @@ from __future__ import annotations
 import http.client
 import io
 import os
-import socket
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 import zipfile
 from contextlib import contextmanager
 
-from benchmarks.harness import Figure, repeat
+from benchmarks.harness import Figure, free_port, repeat, serving
 
 OBJECT_MB = 50
 S3_REPEATS = 5
@@ -32,43 +29,29 @@ STARTUP_REPEATS = 5
 NOOP_HANDLER = "def handler(event, context):\n    return event\n"
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @contextmanager
 def serve_localcloud(started: list[float] | None = None):
     """A localcloud server process on a free loopback port with a throwaway data dir.
 
     :param started: if given, receives the seconds from spawning the process to a healthy answer.
     """
-    port = _free_port()
+    url = f"http://127.0.0.1:{free_port()}"
     spawned = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="bench-localcloud-") as data_dir:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "localcloud", "serve", "--port", str(port), "--data-dir", data_dir],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        url = f"http://127.0.0.1:{port}"
-        try:
-            deadline = time.monotonic() + 30
-            while True:
-                try:
-                    urllib.request.urlopen(f"{url}/_localcloud/health", timeout=1).read()
-                    break
-                except OSError:
-                    if proc.poll() is not None or time.monotonic() > deadline:
-                        raise RuntimeError("localcloud did not become healthy within 30 s") from None
-                    time.sleep(0.01)
+        argv = [
+            sys.executable,
+            "-m",
+            "localcloud",
+            "serve",
+            "--port",
+            url.rsplit(":", 1)[1],
+            "--data-dir",
+            data_dir,
+        ]
+        with serving(argv, f"{url}/_localcloud/health"):
             if started is not None:
                 started.append(time.perf_counter() - spawned)
             yield url
-        finally:
-            proc.terminate()
-            proc.wait(timeout=30)
 
 
 def _s3_figures(make_client) -> list[Figure]:

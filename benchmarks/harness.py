@@ -8,9 +8,15 @@ from __future__ import annotations
 
 import os
 import platform
+import socket
 import statistics
+import subprocess
+import tempfile
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Callable
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 
 
@@ -76,6 +82,43 @@ def percentile(samples: list[float], q: float) -> float:
     low = int(rank)
     high = min(low + 1, len(ordered) - 1)
     return ordered[low] + (ordered[high] - ordered[low]) * (rank - low)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextmanager
+def serving(argv: list[str], ready_url: str, *, timeout_s: float = 30.0, cwd=None):
+    """Run a server process for the block; yields it once ``ready_url`` answers (any HTTP status).
+
+    Its stderr goes to a temporary file (a pipe nobody reads could fill and stall the server) and
+    is quoted when the server dies or does not answer in time.
+    """
+    with tempfile.TemporaryFile() as stderr:
+        proc = subprocess.Popen(argv, cwd=cwd, stdout=subprocess.DEVNULL, stderr=stderr)
+        try:
+            deadline = time.monotonic() + timeout_s
+            while True:
+                try:
+                    urllib.request.urlopen(ready_url, timeout=1).close()
+                    break
+                except urllib.error.HTTPError:  # it answered, if only to say 4xx: it is up
+                    break
+                except OSError:
+                    if proc.poll() is not None or time.monotonic() > deadline:
+                        stderr.seek(0)
+                        tail = stderr.read().decode(errors="replace")[-2000:]
+                        raise RuntimeError(
+                            f"{' '.join(argv[1:4])} did not answer at {ready_url}: {tail}"
+                        ) from None
+                    time.sleep(0.01)
+            yield proc
+        finally:
+            proc.terminate()
+            proc.wait(timeout=30)
 
 
 def machine() -> dict:
