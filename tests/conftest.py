@@ -5,6 +5,7 @@ pytest_plugins = [
     "tests.fixtures.model",
     "tests.fixtures.localcloud",
     "tests.fixtures.plugin_aws",
+    "tests.fixtures.browser",
     # Last: it points AIRFLOW_HOME at a temporary directory before any test module imports airflow.
     "tests.fixtures.airflow",
 ]
