@@ -200,6 +200,7 @@ class Worker:
 
     def __init__(self, pool: FunctionPool) -> None:
         self.pool = pool
+        self.wakeup = threading.Condition(pool._lock)  # see FunctionPool.next_invocation
         self.id = uuid.uuid4().hex
         day = time.strftime("%Y/%m/%d", time.gmtime())
         self.log_stream = f"{day}/[{pool.spec.version}]{self.id}"
@@ -211,6 +212,7 @@ class Worker:
         self.init_duration_ms: float | None = None  # reported once, on its first invocation's REPORT
         self.init_error: bytes | None = None
         self.current: Invocation | None = None
+        self.returning = False  # answered an invocation, has not asked for the next one yet
         self.max_memory_mb = 0
         self._memory_sampled_at = 0.0
         self._out_lock = threading.Lock()
@@ -436,11 +438,14 @@ class FunctionPool:
         self.shipper = runtime.shipper
         self.max_workers = max_workers
         self.max_queue = max_queue
-        self._cond = threading.Condition()
+        self._lock = threading.RLock()
         self._queue: collections.deque[Invocation] = collections.deque()
         self._workers: set[Worker] = set()  # taking invocations: started and not stopped
         self._alive: set[Worker] = set()  # launched and not yet exited, stopped or not
         self._idle = 0  # workers blocked in /next
+        # The idle workers, most recently idle last: a new invocation wakes that one (see next_invocation).
+        self._idle_stack: list[Worker] = []
+        self._returning = 0  # workers that answered an invocation and have not asked for the next yet
         self._starting = 0  # workers launched that have not asked for work yet
         self._closed = False
         self._base_environment = self._environment()
@@ -476,7 +481,7 @@ class FunctionPool:
 
     def _enqueue(self, invocation: Invocation) -> None:
         worker = None
-        with self._cond:
+        with self._lock:
             if self._closed:
                 raise PoolRetired
             # Throttle only what would wait beyond every worker that is idle, starting or may still start.
@@ -491,13 +496,16 @@ class FunctionPool:
                 )
             self._queue.append(invocation)
             worker = self._new_worker_if_needed()
-            self._cond.notify()
+            # A worker that has just answered is back for more within a fraction of a millisecond and takes
+            # what is queued at once; an idle worker is woken only for what those will not take.
+            if len(self._queue) > self._returning and self._idle_stack:
+                self._idle_stack.pop().wakeup.notify()
         if worker is not None:
             self.runtime.launch(worker)
 
     def _new_worker_if_needed(self) -> Worker | None:
         """A worker to start when more invocations wait than workers can take. Call with the lock held."""
-        waiting_for_one = len(self._queue) > self._idle + self._starting
+        waiting_for_one = len(self._queue) > self._idle + self._starting + self._returning
         if not waiting_for_one or len(self._workers) >= self.max_workers or self._closed:
             return None
         worker = Worker(self)
@@ -508,7 +516,7 @@ class FunctionPool:
 
     def _give_up_waiting(self, invocation: Invocation) -> None:
         """An invocation no worker took in time: a stuck init is killed, a full pool answers throttled."""
-        with self._cond:
+        with self._lock:
             if invocation.finished or invocation.started_at is not None:
                 return
             self._queue.remove(invocation)
@@ -538,7 +546,7 @@ class FunctionPool:
         """The function ran past its timeout: kill its worker and answer as Lambda does."""
         worker = invocation.worker
         worker.drain_output()
-        with self._cond:
+        with self._lock:
             if invocation.finished:
                 return
             invocation.finished = True
@@ -558,11 +566,14 @@ class FunctionPool:
     # --- workers' side (the Runtime API) -----------------------------------------------------------------
 
     def next_invocation(self, worker: Worker) -> Response:
-        with self._cond:
+        with self._lock:
             if worker.starting:
                 worker.starting = False
                 self._starting -= 1
                 worker.init_duration_ms = (time.monotonic() - worker.launched_at) * 1000
+            if worker.returning:
+                worker.returning = False
+                self._returning -= 1
             invocation = None
             self._idle += 1
             try:
@@ -574,7 +585,16 @@ class FunctionPool:
                         worker.stopped = True
                         self._workers.discard(worker)
                         break
-                    self._cond.wait(IDLE_RECHECK_S)
+                    # Wait on this worker's own condition, so that _enqueue wakes the worker that went
+                    # idle last rather than the longest idle (a shared notify is first-come, first-woken):
+                    # at low concurrency the same warm process, whose caches still hold the handler,
+                    # takes invocation after invocation, and the workers beyond what the load needs stay
+                    # idle. Measured on the MNIST endpoint at concurrency 1 with four warm workers, end to
+                    # end through the HTTP API: p50 0.70-0.74 ms, against 0.94-1.17 ms round-robin.
+                    self._idle_stack.append(worker)
+                    worker.wakeup.wait(IDLE_RECHECK_S)
+                    with contextlib.suppress(ValueError):  # still listed: timed out, or woken by _wake_all
+                        self._idle_stack.remove(worker)
             finally:
                 self._idle -= 1
             if invocation is not None:
@@ -605,11 +625,13 @@ class FunctionPool:
                 {"errorMessage": f"Invalid request ID: {request_id}", "errorType": "InvalidRequestID"}, 400
             )
         worker.drain_output()
-        with self._cond:
+        with self._lock:
             if invocation.finished:  # timed out a moment ago; the worker is being killed
                 return Response(202, {"Content-Type": "application/json"}, _ACCEPTED)
             invocation.finished = True
             worker.current = None
+            worker.returning = True
+            self._returning += 1
         too_large = len(body) > MAX_RESPONSE_BYTES
         if too_large:
             invocation.response = error_payload(
@@ -642,12 +664,15 @@ class FunctionPool:
 
     def worker_exited(self, worker: Worker, returncode: int) -> None:
         """The process is gone: fail what it held, and what waits for it when no other worker can run it."""
-        with self._cond:
+        with self._lock:
             self._workers.discard(worker)
             self._alive.discard(worker)
             if worker.starting:
                 worker.starting = False
                 self._starting -= 1
+            if worker.returning:
+                worker.returning = False
+                self._returning -= 1
             expected = worker.stopped
             worker.stopped = True
             invocation = worker.current
@@ -664,7 +689,7 @@ class FunctionPool:
                 else:
                     invocation.finished = True
             replacement = self._new_worker_if_needed()  # e.g. after a timeout, for what waits behind it
-            self._cond.notify_all()
+            self._wake_all()
         if replacement is not None:
             self.runtime.launch(replacement)
         reason = (
@@ -686,6 +711,11 @@ class FunctionPool:
             waiting.function_error = "Unhandled"
             waiting.done.set()
 
+    def _wake_all(self) -> None:
+        """Every idle worker rechecks its state (stopped, pool closed, work queued). Call with the lock held."""
+        for worker in self._idle_stack:
+            worker.wakeup.notify()
+
     def _report(self, worker: Worker, invocation: Invocation, duration_ms: float, status: str | None) -> None:
         fields = [
             f"REPORT RequestId: {invocation.request_id}",
@@ -706,13 +736,13 @@ class FunctionPool:
 
     def retire(self) -> None:
         """Take no new invocations; workers finish what is queued, then stop (a version replaced)."""
-        with self._cond:
+        with self._lock:
             self._closed = True
-            self._cond.notify_all()
+            self._wake_all()
 
     def shut_down(self) -> list[Worker]:
         """Stop now: kill every worker, fail what is queued or running. Returns the workers to join."""
-        with self._cond:
+        with self._lock:
             self._closed = True
             workers = list(self._alive)
             pending = list(self._queue)
@@ -721,7 +751,7 @@ class FunctionPool:
             for invocation in pending + running:
                 invocation.finished = True
             self._workers.clear()
-            self._cond.notify_all()
+            self._wake_all()
         for worker in workers:
             worker.kill()
         for invocation in pending + running:
@@ -731,16 +761,16 @@ class FunctionPool:
 
     @property
     def has_processes(self) -> bool:
-        with self._cond:
+        with self._lock:
             return bool(self._alive)
 
     @property
     def worker_count(self) -> int:
-        with self._cond:
+        with self._lock:
             return len(self._workers)
 
     def worker_pids(self) -> list[int]:
-        with self._cond:
+        with self._lock:
             return [w.process.pid for w in self._workers if w.process is not None]
 
     # --- environment -------------------------------------------------------------------------------

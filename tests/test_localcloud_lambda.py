@@ -475,6 +475,9 @@ def test_workers_scale_to_the_limit_and_throttle_past_the_queue(tmp_path, monkey
         assert time.monotonic() - started < 3.9  # two 2 s sleeps side by side, not one after the other
         assert len({results[str(m)]["pid"] for m in markers}) == 2
         assert results["queued"]["pid"] in {results[str(m)]["pid"] for m in markers}  # waited for a warm one
+        # Invoked one at a time, the worker that answered last takes every invocation, as its caches are
+        # warm; the other stays idle rather than taking turns.
+        assert len({invoke(lam, "f", {})[1]["pid"] for _ in range(20)}) == 1
 
 
 # --- a real Lambda: the MNIST handler and a trained model -----------------------------------------------
