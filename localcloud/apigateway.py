@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import dataclasses
 import json
 import re
 import secrets
@@ -450,7 +451,8 @@ class ApiGatewayService(Service):
 
     def handle(self, request: Request) -> Response:
         if request.path.startswith(EXECUTE_PREFIX):
-            return self.backend.execute(request)  # an HTTP API's own traffic, answered in its shapes
+            # An HTTP API's own traffic, answered in its shapes and headers.
+            return dataclasses.replace(self.backend.execute(request), api_headers=False)
         return super().handle(request)
 
     @operation("CreateApi")

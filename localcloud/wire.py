@@ -40,6 +40,9 @@ class Response:
     status: int = 200
     headers: dict[str, str] = field(default_factory=dict)
     body: bytes | FileBody = b""
+    # The x-amzn-RequestId, x-amz-request-id and Server headers every AWS API answer carries; an HTTP API's
+    # own traffic (API Gateway's execute-api) is answered without them, as on AWS.
+    api_headers: bool = True
 
 
 def json_response(document: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:

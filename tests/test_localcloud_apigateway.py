@@ -114,6 +114,8 @@ def test_requests_become_payload_2_0_events_and_answers_become_responses(localcl
         },
     )
     assert status == 200 and headers["Apigw-Requestid"]
+    # An HTTP API answers as API Gateway does, without the AWS API's own request-id and Server headers.
+    assert not {"x-amzn-requestid", "x-amz-request-id", "server"} & {name.lower() for name in headers}
     event = json.loads(body)
     assert (event["version"], event["routeKey"], event["rawPath"]) == ("2.0", "ANY /{proxy+}", "/echo/deep")
     assert event["rawQueryString"] == "digit=7&digit=8&mode=fast"
