@@ -47,7 +47,7 @@ QUICK_HYPERPARAMETERS = {
     "max-test-samples": "2000",
 }
 CONCURRENCY = (1, 8, 32)
-REQUESTS = {1: 500, 8: 2000, 32: 2000}  # per round and concurrency level
+REQUESTS = {1: 2000, 8: 2000, 32: 2000}  # per round and concurrency level
 ROUNDS = 3
 TIME_CAP_S = 20.0  # per load run: a stuck server ends the run, not the benchmark
 HANDLER_CALLS = 1000
@@ -126,6 +126,20 @@ class LoadRun:
         self.rate = len(self.latencies) / result["wall_s"]
         self.p50 = percentile(self.latencies, 50) if self.latencies else float("nan")
         self.p99 = percentile(self.latencies, 99) if self.latencies else float("nan")
+        # CPU microseconds per request of the server process and of its child processes, when measured.
+        self.cpu_us: tuple[float, float] | None = None
+
+
+def process_cpu_s(pid: int) -> tuple[float, float]:
+    """CPU seconds (user + system) a process has used so far, and its living descendants together."""
+    import psutil
+
+    process = psutil.Process(pid)
+    children = 0.0
+    for child in process.children(recursive=True):
+        with contextlib.suppress(psutil.NoSuchProcess):
+            children += sum(child.cpu_times()[:2])
+    return sum(process.cpu_times()[:2]), children
 
 
 # -- the two servers ------------------------------------------------------------------------------
@@ -158,8 +172,11 @@ def train_quick_model(work_dir: Path) -> Path:
 
 
 @contextlib.contextmanager
-def serve_baseline(model_dir: Path):
-    """``benchmarks.baseline_server`` on a free loopback port; yields its POST /mnist URL."""
+def serve_baseline(model_dir: Path, processes: list | None = None):
+    """``benchmarks.baseline_server`` on a free loopback port; yields its POST /mnist URL.
+
+    :param processes: if given, receives the server's Popen.
+    """
     port = free_port()
     argv = [
         sys.executable,
@@ -171,7 +188,9 @@ def serve_baseline(model_dir: Path):
         str(model_dir),
     ]
     url = f"http://127.0.0.1:{port}/mnist"
-    with serving(argv, url, cwd=REPO):  # GET /mnist answers 405: up
+    with serving(argv, url, cwd=REPO) as proc:  # GET /mnist answers 405: up
+        if processes is not None:
+            processes.append(proc)
         yield url
 
 
@@ -287,16 +306,33 @@ def run() -> list[Figure]:
         compute = handler_compute(model_dir, one)
 
         def measure(
-            url: str, body: str, concurrency: int, requests: int, headers: dict | None = None
+            url: str,
+            body: str,
+            concurrency: int,
+            requests: int,
+            headers: dict | None = None,
+            server_pid: int | None = None,
         ) -> LoadRun:
+            """One load run; with ``server_pid``, also the CPU the server (and its workers) used per request."""
+            before = process_cpu_s(server_pid) if server_pid else None
             job = load.submit(generate_load, url, body.encode(), concurrency, requests, TIME_CAP_S, headers)
-            return LoadRun(job.result())
+            result = LoadRun(job.result())
+            if before is not None:
+                after = process_cpu_s(server_pid)
+                count = max(1, len(result.latencies) + result.errors)
+                result.cpu_us = ((after[0] - before[0]) / count * 1e6, (after[1] - before[1]) / count * 1e6)
+            return result
 
         runs: dict[tuple[str, int | str], list[LoadRun]] = {}
-        with serve_localcloud() as cloud_url, serve_baseline(model_dir) as baseline_url:
+        servers: list = []  # localcloud's Popen, then the baseline's
+        with (
+            serve_localcloud(processes=servers) as cloud_url,
+            serve_baseline(model_dir, servers) as baseline_url,
+        ):
             client = lambda service: make_client(cloud_url, service)  # noqa: E731
             endpoint_url = deploy_endpoint(client, package)
             targets = {"endpoint": endpoint_url, "baseline": baseline_url}
+            pids = {"endpoint": servers[0].pid, "baseline": servers[1].pid}
             for url in targets.values():  # start every Lambda worker (and warm both) before measuring
                 warmup = measure(url, one, 8, 200)
                 if warmup.errors:
@@ -304,8 +340,10 @@ def run() -> list[Figure]:
             for _ in range(ROUNDS):
                 for concurrency in CONCURRENCY:
                     for name, url in targets.items():
+                        # At concurrency 1 the servers' CPU per request says where the latency goes.
+                        pid = pids[name] if concurrency == 1 else None
                         runs.setdefault((name, concurrency), []).append(
-                            measure(url, one, concurrency, REQUESTS[concurrency])
+                            measure(url, one, concurrency, REQUESTS[concurrency], server_pid=pid)
                         )
                 for name, url in targets.items():
                     runs.setdefault((name, "batch"), []).append(measure(url, batch, 1, BATCH_REQUESTS))
@@ -384,6 +422,7 @@ def _endpoint_figures(runs: dict) -> list[Figure]:
                     "each p50: see the rows around this one",
                 )
             )
+            figures += _cpu_figures(endpoint, baseline)
             invoke = runs["invoke", 1]
             figures.append(
                 Figure(
@@ -398,6 +437,33 @@ def _endpoint_figures(runs: dict) -> list[Figure]:
                 )
             )
     return figures
+
+
+def _cpu_figures(endpoint: list[LoadRun], baseline: list[LoadRun]) -> list[Figure]:
+    """Where the endpoint's latency goes at concurrency 1: CPU per request in each server process."""
+    base_cpu = [r.cpu_us[0] for r in baseline]
+    return [
+        Figure(
+            "inference",
+            "CPU per request, concurrency 1: localcloud process (front door, HTTP API, Runtime API, logs)",
+            "us",
+            [r.cpu_us[0] for r in endpoint],
+            baseline="FastAPI baseline server CPU per request",
+            baseline_median=percentile(base_cpu, 50),
+            notes="user + system time over the round, divided by its requests",
+            extra={"baseline_cpu_us": base_cpu},
+        ),
+        Figure(
+            "inference",
+            "CPU per request, concurrency 1: Lambda worker processes (awslambdaric + handler)",
+            "us",
+            [r.cpu_us[1] for r in endpoint],
+            baseline="FastAPI baseline server CPU per request",
+            baseline_median=percentile(base_cpu, 50),
+            notes="the baseline server does the handler's work too, inside uvicorn; compare the handler "
+            "compute row for the share that is the handler's own",
+        ),
+    ]
 
 
 def _extra_figures(

@@ -30,10 +30,11 @@ NOOP_HANDLER = "def handler(event, context):\n    return event\n"
 
 
 @contextmanager
-def serve_localcloud(started: list[float] | None = None):
+def serve_localcloud(started: list[float] | None = None, processes: list | None = None):
     """A localcloud server process on a free loopback port with a throwaway data dir.
 
     :param started: if given, receives the seconds from spawning the process to a healthy answer.
+    :param processes: if given, receives the server's Popen.
     """
     url = f"http://127.0.0.1:{free_port()}"
     spawned = time.perf_counter()
@@ -48,9 +49,11 @@ def serve_localcloud(started: list[float] | None = None):
             "--data-dir",
             data_dir,
         ]
-        with serving(argv, f"{url}/_localcloud/health"):
+        with serving(argv, f"{url}/_localcloud/health") as proc:
             if started is not None:
                 started.append(time.perf_counter() - spawned)
+            if processes is not None:
+                processes.append(proc)
             yield url
 
 
