@@ -132,14 +132,10 @@ def nightly_run(work: Path, max_train_samples: int) -> dict:
             "AIRFLOW__LOGGING__LOGGING_LEVEL": "WARNING",
         }
     )
-    for name in (
-        "AWS_PROFILE",
-        "AWS_ENDPOINT_URL",
-        "AWS_ACCESS_KEY_ID",
-        "AWS_SECRET_ACCESS_KEY",
-        "AWS_SESSION_TOKEN",
-    ):
-        os.environ.pop(name, None)
+    from mnist_pipeline.demo import host_aws_variables
+
+    for name in host_aws_variables(os.environ):
+        del os.environ[name]
     started = time.perf_counter()
     subprocess.run(
         [sys.executable, "-m", "airflow", "db", "migrate"], check=True, capture_output=True, timeout=300

@@ -15,6 +15,7 @@ from __future__ import annotations
 import copy
 import datetime as dt
 import json
+import os
 
 import numpy as np
 import pytest
@@ -23,6 +24,7 @@ from mnist_pipeline.audit import read_audit
 from mnist_pipeline.bootstrap import bootstrap
 from mnist_pipeline.config import PipelineConfig
 from mnist_pipeline.dataset import LakePlan, Mnist, seed_lake
+from mnist_pipeline.demo import host_aws_variables
 from mnist_pipeline.shards import shard_bytes
 from tests.fixtures.localcloud import LocalCloudHandle
 
@@ -166,14 +168,8 @@ def pipeline(airflow_db, mnist, tmp_path_factory):
         "MNIST_TRAINING_POKE_INTERVAL": "1",  # read when the DAG is parsed
     }.items():
         environment.setenv(name, value)
-    for name in (
-        "AWS_PROFILE",
-        "AWS_ENDPOINT_URL",
-        "AWS_ACCESS_KEY_ID",
-        "AWS_SECRET_ACCESS_KEY",
-        "AWS_SESSION_TOKEN",
-    ):
-        environment.delenv(name, raising=False)
+    for name in host_aws_variables(os.environ):
+        environment.delenv(name)
     dag_bag = DagBag(dag_folder=str(DAGS_FOLDER))
     assert dag_bag.import_errors == {}
     dag = dag_bag.dags["mnist_retraining"]

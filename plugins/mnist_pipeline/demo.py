@@ -224,6 +224,15 @@ def wait_for_http(url: str, timeout_s: float, *, process_alive: Callable[[], boo
 # --- the environment of Airflow's processes ---------------------------------------------------------
 
 
+def host_aws_variables(environ: Mapping[str, str]) -> list[str]:
+    """The AWS_* variables in ``environ``: the host's profile, credentials and endpoint.
+
+    A run against localcloud must see none of them: its ``aws_default`` connection carries
+    localcloud's endpoint and dummy credentials, and a host profile would win over those.
+    """
+    return [name for name in environ if name.startswith("AWS_")]
+
+
 def airflow_environment(layout: Layout, api_id: str | None, base: Mapping[str, str]) -> dict[str, str]:
     """Airflow standalone's settings, the ``aws_default`` connection to localcloud, the Variables."""
     connection = {
@@ -232,7 +241,10 @@ def airflow_environment(layout: Layout, api_id: str | None, base: Mapping[str, s
         "password": "localcloud",
         "extra": {"endpoint_url": layout.localcloud_url, "region_name": REGION},
     }
-    env = {name: value for name, value in base.items() if not name.startswith(("AWS_", "AIRFLOW"))}
+    dropped = set(host_aws_variables(base))
+    env = {
+        name: value for name, value in base.items() if name not in dropped and not name.startswith("AIRFLOW")
+    }
     home = layout.airflow_home
     env.update(
         {
