@@ -220,6 +220,46 @@ def test_update_code_and_configuration_go_in_progress_then_run_the_new_settings(
     assert invoke(lam, "f")[1]["answer"] == "three"
 
 
+def test_updates_under_concurrent_load_lose_no_invocation(localcloud):
+    # Each update retires the workers of the old code while invocations are queued, running and
+    # arriving; every invocation must still get an answer, from the old code or the new.
+    lam = localcloud.client("lambda", config=BotoConfig(retries={"max_attempts": 1}, max_pool_connections=8))
+    create_function(lam, "f")
+    answers: list[str] = []
+    failures: list[str] = []
+    stop = threading.Event()
+
+    def client() -> None:
+        while not stop.is_set():
+            try:
+                response, answer = invoke(lam, "f")
+            except Exception as error:  # noqa: BLE001 - any failure is what this test looks for
+                failures.append(repr(error))
+                continue
+            if "FunctionError" in response:
+                failures.append(str(answer))
+            else:
+                answers.append(answer["answer"])
+
+    clients = [threading.Thread(target=client) for _ in range(6)]
+    for thread in clients:
+        thread.start()
+    try:
+        for answer in ("two", "three", "four"):
+            time.sleep(0.3)
+            lam.update_function_code(
+                FunctionName="f", ZipFile=make_zip({"app.py": ECHO.replace('"one"', f'"{answer}"')})
+            )
+            lam.get_waiter("function_updated_v2").wait(FunctionName="f", WaiterConfig=FAST)
+        time.sleep(0.3)
+    finally:
+        stop.set()
+        for thread in clients:
+            thread.join(timeout=30)
+    assert failures == []
+    assert set(answers) == {"one", "two", "three", "four"} and answers[-1] == "four"
+
+
 def test_delete_function_removes_versions_aliases_and_workers(localcloud):
     lam = localcloud.client("lambda")
     create_function(lam, "f")
