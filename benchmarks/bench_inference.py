@@ -442,27 +442,29 @@ def _endpoint_figures(runs: dict) -> list[Figure]:
 def _cpu_figures(endpoint: list[LoadRun], baseline: list[LoadRun]) -> list[Figure]:
     """Where the endpoint's latency goes at concurrency 1: CPU per request in each server process."""
     base_cpu = [r.cpu_us[0] for r in baseline]
+    parts = (
+        (
+            "localcloud process (front door, HTTP API, Runtime API, logs)",
+            "user + system time over the round, divided by its requests",
+        ),
+        (
+            "Lambda worker processes (awslambdaric + handler)",
+            "the baseline server does the handler's work too, inside uvicorn; compare the handler "
+            "compute row for the share that is the handler's own",
+        ),
+    )
     return [
         Figure(
             "inference",
-            "CPU per request, concurrency 1: localcloud process (front door, HTTP API, Runtime API, logs)",
+            f"CPU per request, concurrency 1: {what}",
             "us",
-            [r.cpu_us[0] for r in endpoint],
+            [r.cpu_us[index] for r in endpoint],
             baseline="FastAPI baseline server CPU per request",
             baseline_median=percentile(base_cpu, 50),
-            notes="user + system time over the round, divided by its requests",
+            notes=notes,
             extra={"baseline_cpu_us": base_cpu},
-        ),
-        Figure(
-            "inference",
-            "CPU per request, concurrency 1: Lambda worker processes (awslambdaric + handler)",
-            "us",
-            [r.cpu_us[1] for r in endpoint],
-            baseline="FastAPI baseline server CPU per request",
-            baseline_median=percentile(base_cpu, 50),
-            notes="the baseline server does the handler's work too, inside uvicorn; compare the handler "
-            "compute row for the share that is the handler's own",
-        ),
+        )
+        for index, (what, notes) in enumerate(parts)
     ]
 
 
