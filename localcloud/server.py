@@ -140,6 +140,9 @@ class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     disable_nagle_algorithm = True  # without it, headers and body in two writes cost 40 ms (delayed ACK)
     server_version = "localcloud"
+    # Errors found before the request line's version is read (400, 414) still get a status line: the
+    # standard default, HTTP/0.9, would send a bare HTML body that no AWS client can read.
+    default_request_version = "HTTP/1.1"
     sys_version = ""
     timeout = _IDLE_TIMEOUT_S
     server: HttpServer

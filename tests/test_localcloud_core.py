@@ -239,6 +239,63 @@ def test_a_stalled_upload_does_not_block_other_requests(localcloud):
     assert [o["Key"] for o in s3.list_objects_v2(Bucket="lake")["Contents"]] == ["fast"]
 
 
+def test_the_front_door_answers_malformed_requests_and_keeps_http_rules(localcloud):
+    host, port = localcloud.endpoint_url.removeprefix("http://").split(":")
+
+    def exchange(raw: bytes) -> tuple[int, bytes, bool]:
+        """(status, whole answer, whether the server closed the connection) for one raw request."""
+        with socket.create_connection((host, int(port)), timeout=5) as sock:
+            sock.sendall(raw)
+            answer = b""
+            while b"\r\n\r\n" not in answer and (chunk := sock.recv(65536)):
+                answer += chunk
+            head, _, body = answer.partition(b"\r\n\r\n")
+            length = int(
+                next(
+                    (
+                        line.split(b":")[1]
+                        for line in head.split(b"\r\n")
+                        if line.lower().startswith(b"content-length:")
+                    ),
+                    b"0",
+                )
+            )
+            while len(body) < length:
+                body += sock.recv(65536)
+            sock.settimeout(0.5)
+            try:
+                closed = sock.recv(1) == b""
+            except TimeoutError:
+                closed = False
+            return int(answer.split(b" ", 2)[1]), answer, closed
+
+    assert exchange(b"NONSENSE\r\n\r\n")[0] == 400
+    assert exchange(b"GET /_localcloud/health HTTP/1.x\r\n\r\n")[0] == 400
+    assert exchange(b"GET /_localcloud/health HTTP/2.0\r\n\r\n")[0] == 505
+    many = b"".join(b"X-%d: v\r\n" % i for i in range(101))
+    assert exchange(b"GET /_localcloud/health HTTP/1.1\r\n" + many + b"\r\n")[0] == 431
+    assert exchange(b"GET /_localcloud/health HTTP/1.1\r\nX-Long: " + b"a" * 70_000 + b"\r\n\r\n")[0] == 431
+
+    # HTTP/1.1 keeps the connection unless asked to close it; HTTP/1.0 closes unless asked to keep it.
+    assert exchange(b"GET /_localcloud/health HTTP/1.1\r\nHost: x\r\n\r\n")[::2] == (200, False)
+    assert exchange(b"GET /_localcloud/health HTTP/1.1\r\nConnection: close\r\n\r\n")[::2] == (200, True)
+    assert exchange(b"GET /_localcloud/health HTTP/1.0\r\n\r\n")[::2] == (200, True)
+    assert exchange(b"GET /_localcloud/health HTTP/1.0\r\nConnection: keep-alive\r\n\r\n")[::2] == (
+        200,
+        False,
+    )
+
+    # Header names are case-insensitive and a folded line continues its header: this signed request
+    # reaches STS because the Authorization header's credential scope survives both.
+    signed = (
+        b"POST / HTTP/1.1\r\nhost: x\r\nCONTENT-TYPE: application/x-www-form-urlencoded\r\n"
+        b"authorization: AWS4-HMAC-SHA256\r\n Credential=a/20260101/us-east-1/sts/aws4_request, Signature=0\r\n"
+        b"Content-Length: 43\r\n\r\nAction=GetCallerIdentity&Version=2011-06-15"
+    )
+    status, answer, _ = exchange(signed)
+    assert status == 200 and b"<Account>" in answer
+
+
 # --- the service framework, as later services use it ---------------------------------------------
 
 
