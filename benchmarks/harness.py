@@ -13,8 +13,6 @@ import statistics
 import subprocess
 import tempfile
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
@@ -97,24 +95,17 @@ def serving(argv: list[str], ready_url: str, *, timeout_s: float = 30.0, cwd=Non
     Its stderr goes to a temporary file (a pipe nobody reads could fill and stall the server) and
     is quoted when the server dies or does not answer in time.
     """
+    from mnist_pipeline.demo import DemoError, wait_for_http
+
     with tempfile.TemporaryFile() as stderr:
         proc = subprocess.Popen(argv, cwd=cwd, stdout=subprocess.DEVNULL, stderr=stderr)
         try:
-            deadline = time.monotonic() + timeout_s
-            while True:
-                try:
-                    urllib.request.urlopen(ready_url, timeout=1).close()
-                    break
-                except urllib.error.HTTPError:  # it answered, if only to say 4xx: it is up
-                    break
-                except OSError:
-                    if proc.poll() is not None or time.monotonic() > deadline:
-                        stderr.seek(0)
-                        tail = stderr.read().decode(errors="replace")[-2000:]
-                        raise RuntimeError(
-                            f"{' '.join(argv[1:4])} did not answer at {ready_url}: {tail}"
-                        ) from None
-                    time.sleep(0.01)
+            try:  # polled often: the localcloud section reports the startup time this measures
+                wait_for_http(ready_url, timeout_s, process_alive=lambda: proc.poll() is None, poll_s=0.01)
+            except DemoError:
+                stderr.seek(0)
+                tail = stderr.read().decode(errors="replace")[-2000:]
+                raise RuntimeError(f"{' '.join(argv[1:4])} did not answer at {ready_url}: {tail}") from None
             yield proc
         finally:
             proc.terminate()

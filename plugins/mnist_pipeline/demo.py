@@ -205,8 +205,10 @@ def stop_process(run_dir: Path, name: str, timeout_s: float = 20.0) -> bool:
     return True
 
 
-def wait_for_http(url: str, timeout_s: float, *, process_alive: Callable[[], bool] = lambda: True) -> None:
-    """Poll ``url`` until it answers (any HTTP status); fail early when the process died."""
+def wait_for_http(
+    url: str, timeout_s: float, *, process_alive: Callable[[], bool] = lambda: True, poll_s: float = 0.5
+) -> None:
+    """Poll ``url`` every ``poll_s`` until it answers (any HTTP status); fail early when the process died."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         try:
@@ -217,7 +219,7 @@ def wait_for_http(url: str, timeout_s: float, *, process_alive: Callable[[], boo
         except OSError:
             if not process_alive():
                 raise DemoError(f"the process meant to serve {url} exited; see its log in .run/") from None
-            time.sleep(0.5)
+            time.sleep(poll_s)
     raise DemoError(f"nothing answered at {url} within {timeout_s:.0f} s; see the logs in .run/")
 
 
