@@ -108,7 +108,13 @@ RESERVED_ENVIRONMENT = frozenset(
 # The kernel kills a worker when the thread that started it ends, even if localcloud is SIGKILLed; all
 # workers are started from the one long-lived launcher thread for this reason.
 _DIE_WITH_PARENT = ["setpriv", "--pdeathsig", "KILL", "--"] if shutil.which("setpriv") else []
-_ACCEPTED = b'{"status":"OK"}'
+
+
+def _accepted() -> Response:
+    """The Runtime API's answer to a result, an error or an init error."""
+    return Response(202, {"Content-Type": "application/json"}, b'{"status":"OK"}')
+
+
 # The runtime client as shipped, with one setting changed: for python3.12+ runtimes it waits for each
 # event in a new helper thread, so that its main thread can take signals while it waits. localcloud never
 # signals a worker except to kill it, and that thread costs ~0.3 ms of CPU and wall time per invocation,
@@ -685,7 +691,7 @@ class FunctionPool:
             worker.drain_output()  # while it is still the worker's current invocation: lines go to its tail
         with self._lock:
             if invocation.finished:  # timed out a moment ago; the worker is being killed
-                return Response(202, {"Content-Type": "application/json"}, _ACCEPTED)
+                return _accepted()
             invocation.finished = True
             worker.current = None
             worker.returning = True
@@ -712,7 +718,7 @@ class FunctionPool:
         if invocation.log is None:
             invocation.done.set()
         with contextlib.suppress(OSError):  # the worker went away after answering; its answer stands
-            worker.server.send(Response(202, {"Content-Type": "application/json"}, _ACCEPTED))
+            worker.server.send(_accepted())
         worker.drain_output()  # what it printed before answering: the runtime client flushes first
         self._report(worker, invocation, duration_ms, status=None)
         invocation.done.set()  # a no-op unless the caller waits for its log tail
@@ -723,7 +729,7 @@ class FunctionPool:
         worker.init_error = body
         elapsed = (time.monotonic() - worker.launched_at) * 1000
         worker.emit(f"INIT_REPORT Init Duration: {elapsed:.2f} ms\tPhase: init\tStatus: error")
-        return Response(202, {"Content-Type": "application/json"}, _ACCEPTED)
+        return _accepted()
 
     def worker_exited(self, worker: Worker, returncode: int) -> None:
         """The process is gone: fail what it held, and what waits for it when no other worker can run it."""
