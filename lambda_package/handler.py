@@ -262,6 +262,13 @@ def _parse_body(body, is_base64: bool):
         return json.loads(body, parse_constant=_reject_constant)
     except ValueError as error:  # JSONDecodeError, or UnicodeDecodeError for bytes that are not UTF-8
         raise ClientError(400, "malformed_json", f"the request body is not valid JSON: {error}") from None
+    except RecursionError:  # the parser recurses once per nested array or object: '[' * 100000
+        raise ClientError(
+            400,
+            "nesting_too_deep",
+            "the request body nests arrays or objects too deeply; 'input' is a flat array of "
+            f"{PIXELS} numbers and 'inputs' an array of such arrays",
+        ) from None
 
 
 def _reject_constant(name: str):

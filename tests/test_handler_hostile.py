@@ -1,0 +1,51 @@
+"""Hostile requests get a small 4xx: never a 500, never a large answer, never the input echoed back.
+
+Every field of the event the handler reads is attacked (the body, ``isBase64Encoded``, ``headers``,
+``requestContext.http``) in API Gateway events and in direct invocations. Every error answer must
+stay under 4 KB, both its JSON body and the whole returned dict serialized, and quote only short
+excerpts of what was sent.
+"""
+
+import json
+
+import pytest
+
+from tests.test_handler import CONTEXT, api_event, load_handler
+
+ERROR_ANSWER_LIMIT = 4096
+DEPTH = 100_000
+
+
+@pytest.fixture(scope="module")
+def lambda_fn(trained_model_dir):
+    return load_handler(trained_model_dir)
+
+
+def rejected(handler_module, event) -> tuple[int, str, str]:
+    """Call the handler, check the answer is a small error; (status, code, message)."""
+    response = handler_module.handler(event, CONTEXT)
+    assert len(response["body"]) < ERROR_ANSWER_LIMIT, response["body"][:300]
+    assert len(json.dumps(response)) < ERROR_ANSWER_LIMIT
+    body = json.loads(response["body"])
+    assert set(body) == {"error"} and set(body["error"]) == {"code", "message"}, body
+    return response["statusCode"], body["error"]["code"], body["error"]["message"]
+
+
+# fmt: off
+DEEP_BODIES = [
+    ("arrays", "[" * DEPTH),
+    ("objects", '{"a":' * DEPTH),
+    ("closed arrays", "[" * DEPTH + "]" * DEPTH),
+    ("inside input", '{"input": ' + "[" * DEPTH),
+    ("inside inputs", '{"inputs": [' + "[" * DEPTH),
+    ("objects inside input", '{"input": [' + '{"a": ' * DEPTH),
+]
+# fmt: on
+
+
+@pytest.mark.parametrize("body", [case[1] for case in DEEP_BODIES], ids=[case[0] for case in DEEP_BODIES])
+@pytest.mark.parametrize("base64_body", [False, True], ids=["text", "base64"])
+def test_a_deeply_nested_body_is_a_400_not_a_500(lambda_fn, body, base64_body):
+    status, code, message = rejected(lambda_fn, api_event(body, base64_body=base64_body))
+    assert (status, code) == (400, "nesting_too_deep")
+    assert "nests" in message
