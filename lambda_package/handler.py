@@ -46,7 +46,7 @@ import math
 import os
 import sys
 import time
-from itertools import chain
+from itertools import chain, islice
 from pathlib import Path
 from typing import NoReturn
 
@@ -60,6 +60,10 @@ MAX_BATCH = 256
 MAX_BODY_BYTES = 2 * 1024 * 1024
 ROUTE_PATH = "/mnist"
 OUTPUT_KINDS = ("logits", "probabilities")
+
+# Error messages quote what was sent only in excerpts: so many characters of a value, so many keys.
+EXCERPT_CHARS = 24
+KEYS_QUOTED = 3
 
 _NUMBER_TYPES = {int, float}  # exact types: bool is an int subclass and must not pass as a pixel
 _JSON_HEADERS = {"Content-Type": "application/json"}
@@ -321,7 +325,7 @@ def _pixels_from_request(request) -> tuple[np.ndarray, bool]:
         400,
         "missing_field",
         f"the request needs 'input' ({PIXELS} numbers 0..255) or 'inputs' "
-        f"(an array of such arrays); got keys {sorted(request)[:10]}",
+        f"(an array of such arrays); {_keys_excerpt(request)}",
     )
 
 
@@ -390,9 +394,26 @@ def _json_type(value) -> str:
     return type(value).__name__
 
 
+def _keys_excerpt(request: dict) -> str:
+    """How many keys the request has and the first few, cut short: never all of them."""
+    count = len(request)
+    if count == 0:
+        return "got no keys"
+    quoted = ", ".join(_short(key) for key in islice(request, KEYS_QUOTED))
+    if count == 1:
+        return f"got 1 key: {quoted}"
+    if count <= KEYS_QUOTED:
+        return f"got {count} keys: {quoted}"
+    return f"got {count} keys, the first {KEYS_QUOTED}: {quoted}"
+
+
 def _short(value) -> str:
-    shown = repr(value)
-    return shown if len(shown) <= 24 else shown[:20] + "..."
+    """An excerpt of value for an error message: the start of its repr, and a cut string's length."""
+    is_long_string = isinstance(value, str) and len(value) > EXCERPT_CHARS
+    shown = repr(value[: EXCERPT_CHARS + 1] if is_long_string else value)  # never repr a huge string
+    if len(shown) > EXCERPT_CHARS:
+        shown = shown[: EXCERPT_CHARS - 4] + "..."
+    return f"{shown} ({len(value)} characters)" if is_long_string else shown
 
 
 MODEL = Model(Path(os.environ.get("MODEL_DIR") or Path(__file__).resolve().parent))

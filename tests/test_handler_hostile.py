@@ -49,3 +49,31 @@ def test_a_deeply_nested_body_is_a_400_not_a_500(lambda_fn, body, base64_body):
     status, code, message = rejected(lambda_fn, api_event(body, base64_body=base64_body))
     assert (status, code) == (400, "nesting_too_deep")
     assert "nests" in message
+
+
+@pytest.mark.parametrize("mode", ["api_gateway", "direct"])
+def test_a_million_character_key_is_not_echoed_back(lambda_fn, mode):
+    request = {"k" * 1_000_000: 1}
+    event = api_event(json.dumps(request)) if mode == "api_gateway" else request
+    status, code, message = rejected(lambda_fn, event)
+    assert (status, code) == (400, "missing_field")
+    assert "got 1 key: 'kkkk" in message and "(1000000 characters)" in message
+
+
+@pytest.mark.parametrize(
+    "mode, keys", [("api_gateway", 100_000), ("direct", 1_000_000)], ids=["api_gateway", "direct"]
+)
+def test_many_keys_are_counted_and_only_the_first_few_quoted(lambda_fn, mode, keys):
+    request = dict.fromkeys(map(str, range(keys)), 0)
+    event = api_event(json.dumps(request)) if mode == "api_gateway" else request
+    status, code, message = rejected(lambda_fn, event)
+    assert (status, code) == (400, "missing_field")
+    assert f"got {keys} keys, the first 3: '0', '1', '2'" in message
+
+
+def test_long_keys_of_emoji_are_cut_short(lambda_fn):
+    # 12 bytes a character once JSON-escaped: the worst case for the size of a quoted excerpt.
+    request = {str(index) + "\N{GRINNING FACE}" * 1000: index for index in range(1000)}
+    status, code, message = rejected(lambda_fn, api_event(json.dumps(request, ensure_ascii=False)))
+    assert (status, code) == (400, "missing_field")
+    assert "got 1000 keys, the first 3: '0\N{GRINNING FACE}" in message and "(1001 characters)" in message
