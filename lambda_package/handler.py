@@ -39,7 +39,6 @@ code, function version. Never pixel data.
 """
 
 import base64
-import binascii
 import hashlib
 import json
 import math
@@ -214,7 +213,12 @@ def _request_from_event(event):
         return event
     _check_route(http)
     _check_content_type(event.get("headers") or {})
-    return _parse_body(event.get("body"), bool(event.get("isBase64Encoded")))
+    is_base64 = event.get("isBase64Encoded")
+    if not isinstance(is_base64, bool | None):  # bool("false") is True: a guess could decode either way
+        raise ClientError(
+            400, "invalid_event", f"isBase64Encoded must be true or false, got {_json_type(is_base64)}"
+        )
+    return _parse_body(event.get("body"), is_base64 is True)
 
 
 def _check_route(http: dict) -> None:
@@ -258,7 +262,7 @@ def _parse_body(body, is_base64: bool):
     if is_base64:
         try:
             body = base64.b64decode(body, validate=True)
-        except binascii.Error as error:
+        except ValueError as error:  # binascii.Error, or a str with non-ASCII characters
             raise ClientError(
                 400, "invalid_base64", f"isBase64Encoded is true but the body is not base64: {error}"
             ) from None

@@ -6,6 +6,7 @@ stay under 4 KB, both its JSON body and the whole returned dict serialized, and 
 excerpts of what was sent.
 """
 
+import base64
 import json
 
 import pytest
@@ -77,3 +78,47 @@ def test_long_keys_of_emoji_are_cut_short(lambda_fn):
     status, code, message = rejected(lambda_fn, api_event(json.dumps(request, ensure_ascii=False)))
     assert (status, code) == (400, "missing_field")
     assert "got 1000 keys, the first 3: '0\N{GRINNING FACE}" in message and "(1001 characters)" in message
+
+
+def base64_event(text: str) -> dict:
+    """An API Gateway event that says its body is base64, with text as that body."""
+    return {**api_event(None, base64_body=True), "body": text}
+
+
+# fmt: off
+BAD_BASE64_BODIES = [
+    ("non-ASCII text", "\N{LATIN SMALL LETTER E WITH ACUTE}" * 12, "invalid_base64"),
+    ("emoji after valid base64", base64.b64encode(b'{"input": []}').decode() + "\N{GRINNING FACE}",
+     "invalid_base64"),
+    ("a lone surrogate", "eyJ9\ud800", "invalid_base64"),
+    ("missing padding", "YQ", "invalid_base64"),
+    ("one character past a multiple of 4", "YWJjZ", "invalid_base64"),
+    ("base64 of Latin-1 text", base64.b64encode('{"\N{LATIN SMALL LETTER E WITH ACUTE}": 1}'.encode("latin-1"))
+     .decode(), "malformed_json"),
+]
+# fmt: on
+
+
+@pytest.mark.parametrize(
+    "text, code", [case[1:] for case in BAD_BASE64_BODIES], ids=[case[0] for case in BAD_BASE64_BODIES]
+)
+def test_a_body_that_is_not_base64_when_the_event_says_so_is_a_400(lambda_fn, text, code):
+    status, got_code, message = rejected(lambda_fn, base64_event(text))
+    assert (status, got_code) == (400, code)
+    assert "\N{GRINNING FACE}" not in message and "\N{LATIN SMALL LETTER E WITH ACUTE}" not in message
+
+
+@pytest.mark.parametrize("flag", ["false", "true", 1, 0, [], {"a": 1}])
+def test_is_base64_encoded_must_be_a_boolean(lambda_fn, flag):
+    # bool("false") is True: a string flag would decode a plain body as base64, or the other way round.
+    event = {**api_event('{"input": []}'), "isBase64Encoded": flag}
+    status, code, message = rejected(lambda_fn, event)
+    assert (status, code) == (400, "invalid_event")
+    assert "isBase64Encoded must be true or false" in message
+
+
+def test_a_null_or_missing_is_base64_encoded_means_a_plain_body(lambda_fn):
+    event = api_event(json.dumps({"input": [0] * 784}))
+    for flag_field in ({"isBase64Encoded": None}, {}):
+        plain = {key: value for key, value in event.items() if key != "isBase64Encoded"}
+        assert lambda_fn.handler({**plain, **flag_field}, CONTEXT)["statusCode"] == 200
