@@ -212,7 +212,7 @@ def _request_from_event(event):
     if not isinstance(http, dict):
         return event
     _check_route(http)
-    _check_content_type(event.get("headers") or {})
+    _check_content_type(event.get("headers"))
     is_base64 = event.get("isBase64Encoded")
     if not isinstance(is_base64, bool | None):  # bool("false") is True: a guess could decode either way
         raise ClientError(
@@ -232,16 +232,27 @@ def _check_route(http: dict) -> None:
         )
 
 
-def _check_content_type(headers: dict) -> None:
-    content_type = next((value for key, value in headers.items() if key.lower() == "content-type"), None)
-    if content_type is None:
+def _check_content_type(headers) -> None:
+    if headers is None:
+        return
+    if not isinstance(headers, dict):
+        raise ClientError(
+            400, "invalid_event", f"the event's headers must be an object, got {_json_type(headers)}"
+        )
+    name = next((name for name in headers if isinstance(name, str) and name.lower() == "content-type"), None)
+    if name is None:
         return  # many clients omit it; the body must still be JSON
+    content_type = headers[name]
+    if not isinstance(content_type, str):
+        raise ClientError(
+            400, "invalid_event", f"the Content-Type header must be a string, got {_json_type(content_type)}"
+        )
     media_type = content_type.split(";")[0].strip().lower()
     if media_type != "application/json" and not media_type.endswith("+json"):
         raise ClientError(
             415,
             "unsupported_media_type",
-            f"Content-Type {content_type!r} is not supported; send application/json",
+            f"Content-Type {_short(content_type)} is not supported; send application/json",
         )
 
 

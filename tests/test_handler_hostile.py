@@ -122,3 +122,38 @@ def test_a_null_or_missing_is_base64_encoded_means_a_plain_body(lambda_fn):
     for flag_field in ({"isBase64Encoded": None}, {}):
         plain = {key: value for key, value in event.items() if key != "isBase64Encoded"}
         assert lambda_fn.handler({**plain, **flag_field}, CONTEXT)["statusCode"] == 200
+
+
+VALID_BODY = json.dumps({"input": [0] * 784})
+
+
+@pytest.mark.parametrize("headers", [["content-type", "text/plain"], "content-type: text/plain", 5, True])
+def test_headers_that_are_not_an_object_are_a_400(lambda_fn, headers):
+    status, code, message = rejected(lambda_fn, {**api_event(VALID_BODY), "headers": headers})
+    assert (status, code) == (400, "invalid_event")
+    assert "headers must be an object" in message
+
+
+@pytest.mark.parametrize("value", [5, None, ["application/json"], {"type": "application/json"}])
+def test_a_content_type_that_is_not_a_string_is_a_400(lambda_fn, value):
+    event = {**api_event(VALID_BODY), "headers": {"Content-Type": value}}
+    status, code, message = rejected(lambda_fn, event)
+    assert (status, code) == (400, "invalid_event")
+    assert "Content-Type header must be a string" in message
+
+
+@pytest.mark.parametrize(
+    "headers", [None, {}, {5: "a key a Python caller can send", "content-type": "application/json"}]
+)
+def test_null_empty_and_odd_keyed_headers_are_read_as_far_as_they_go(lambda_fn, headers):
+    response = lambda_fn.handler({**api_event(VALID_BODY), "headers": headers}, CONTEXT)
+    assert response["statusCode"] == 200, response["body"]
+
+
+def test_a_huge_number_of_headers_is_read_without_echoing_them(lambda_fn):
+    headers = {f"x-header-{index}": "v" * 20 for index in range(100_000)}
+    assert lambda_fn.handler({**api_event(VALID_BODY), "headers": headers}, CONTEXT)["statusCode"] == 200
+    headers["content-type"] = "text/" + "x" * 1_000_000
+    status, code, message = rejected(lambda_fn, {**api_event(VALID_BODY), "headers": headers})
+    assert (status, code) == (415, "unsupported_media_type")
+    assert "'text/xxxx" in message and "(1000005 characters)" in message
