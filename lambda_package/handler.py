@@ -222,13 +222,21 @@ def _request_from_event(event):
 
 
 def _check_route(http: dict) -> None:
-    path, method = str(http.get("path", "")), str(http.get("method", ""))
+    path, method = http.get("path", ""), http.get("method", "")
+    for name, value in (("path", path), ("method", method)):
+        if not isinstance(value, str):
+            raise ClientError(
+                400, "invalid_event", f"requestContext.http.{name} must be a string, got {_json_type(value)}"
+            )
     # endswith: a named stage or a custom-domain mapping prefixes the path (/prod/mnist).
     if not path.rstrip("/").endswith(ROUTE_PATH):
-        raise ClientError(404, "not_found", f"no route {path!r}; send POST {ROUTE_PATH}")
+        raise ClientError(404, "not_found", f"no route {_short(path)}; send POST {ROUTE_PATH}")
     if method != "POST":
         raise ClientError(
-            405, "method_not_allowed", f"{method} is not allowed on {ROUTE_PATH}; use POST", {"Allow": "POST"}
+            405,
+            "method_not_allowed",
+            f"{_short(method)} is not allowed on {ROUTE_PATH}; use POST",
+            {"Allow": "POST"},
         )
 
 

@@ -157,3 +157,37 @@ def test_a_huge_number_of_headers_is_read_without_echoing_them(lambda_fn):
     status, code, message = rejected(lambda_fn, {**api_event(VALID_BODY), "headers": headers})
     assert (status, code) == (415, "unsupported_media_type")
     assert "'text/xxxx" in message and "(1000005 characters)" in message
+
+
+def with_http(**http) -> dict:
+    """A valid API Gateway event whose requestContext.http is http (method and path included)."""
+    event = api_event(VALID_BODY)
+    return {**event, "requestContext": {**event["requestContext"], "http": http}}
+
+
+@pytest.mark.parametrize(
+    "http, status, code, fragment",
+    [
+        ({"method": "POST", "path": "/" + "p" * 1_000_000}, 404, "not_found", "(1000001 characters)"),
+        ({"method": "P" * 1_000_000, "path": "/mnist"}, 405, "method_not_allowed", "(1000000 characters)"),
+        ({"method": "POST", "path": ["/mnist"] * 100_000}, 400, "invalid_event", "path must be a string"),
+        ({"method": "POST", "path": 404}, 400, "invalid_event", "path must be a string"),
+        ({"method": {"POST": ["/mnist"] * 100_000}, "path": "/mnist"}, 400, "invalid_event",
+         "method must be a string"),
+        ({"method": None, "path": "/mnist"}, 400, "invalid_event", "method must be a string"),
+    ],
+    ids=["long path", "long method", "path is an array", "path is a number", "method is an object",
+         "method is null"],
+)  # fmt: skip
+def test_a_route_of_odd_type_or_size_is_a_small_4xx(lambda_fn, http, status, code, fragment):
+    got_status, got_code, message = rejected(lambda_fn, with_http(**http))
+    assert (got_status, got_code) == (status, code)
+    assert fragment in message
+
+
+@pytest.mark.parametrize("request_context", [None, "http", ["http"], {"http": None}, {"http": "POST /mnist"}])
+def test_an_event_without_an_http_object_is_read_as_a_direct_invocation(lambda_fn, request_context):
+    event = {**api_event(VALID_BODY), "requestContext": request_context}
+    status, code, message = rejected(lambda_fn, event)
+    assert (status, code) == (400, "missing_field")
+    assert "got 8 keys, the first 3: 'version', 'routeKey', 'rawPath'" in message
