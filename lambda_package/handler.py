@@ -287,8 +287,15 @@ def _parse_body(body, is_base64: bool):
             ) from None
     try:
         return json.loads(body, parse_constant=_reject_constant)
-    except ValueError as error:  # JSONDecodeError, or UnicodeDecodeError for bytes that are not UTF-8
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:  # the latter: bytes that are not UTF-8
         raise ClientError(400, "malformed_json", f"the request body is not valid JSON: {error}") from None
+    except ValueError:  # int() refuses numbers of more than sys.get_int_max_str_digits() digits
+        raise ClientError(
+            400,
+            "out_of_range",
+            f"the request body has a number of more than {sys.get_int_max_str_digits()} digits; "
+            "pixels are numbers 0..255",
+        ) from None
     except RecursionError:  # the parser recurses once per nested array or object: '[' * 100000
         raise ClientError(
             400,
@@ -433,7 +440,10 @@ def _keys_excerpt(request: dict) -> str:
 def _short(value) -> str:
     """An excerpt of value for an error message: the start of its repr, and a cut string's length."""
     is_long_string = isinstance(value, str) and len(value) > EXCERPT_CHARS
-    shown = repr(value[: EXCERPT_CHARS + 1] if is_long_string else value)  # never repr a huge string
+    try:
+        shown = repr(value[: EXCERPT_CHARS + 1] if is_long_string else value)  # never repr a huge string
+    except ValueError:  # an int Python will not write out: a direct caller's, JSON cannot carry one
+        return f"an integer of more than {sys.get_int_max_str_digits()} digits"
     if len(shown) > EXCERPT_CHARS:
         shown = shown[: EXCERPT_CHARS - 4] + "..."
     return f"{shown} ({len(value)} characters)" if is_long_string else shown

@@ -8,6 +8,7 @@ excerpts of what was sent.
 
 import base64
 import json
+import sys
 
 import pytest
 
@@ -191,3 +192,43 @@ def test_an_event_without_an_http_object_is_read_as_a_direct_invocation(lambda_f
     status, code, message = rejected(lambda_fn, event)
     assert (status, code) == (400, "missing_field")
     assert "got 8 keys, the first 3: 'version', 'routeKey', 'rawPath'" in message
+
+
+MILLION_XS = "x" * 1_000_000
+# fmt: off
+HUGE_VALUES = [
+    ("input is a huge string", {"input": MILLION_XS}, "invalid_type", "(1000000 characters)"),
+    ("a pixel is a huge string", {"input": [MILLION_XS] + [0] * 783}, "invalid_type", "(1000000 characters)"),
+    ("a batch image is a huge string", {"inputs": [[0] * 784, MILLION_XS]}, "invalid_type",
+     "inputs[1] must be an array"),
+    ("a pixel of 4000 digits", {"input": [10**4000] + [0] * 783}, "out_of_range", "input[0] is 1000"),
+]
+# fmt: on
+
+
+@pytest.mark.parametrize(
+    "request_object, code, fragment",
+    [case[1:] for case in HUGE_VALUES],
+    ids=[case[0] for case in HUGE_VALUES],
+)
+@pytest.mark.parametrize("mode", ["api_gateway", "direct"])
+def test_huge_values_are_quoted_cut_short(lambda_fn, mode, request_object, code, fragment):
+    event = api_event(json.dumps(request_object)) if mode == "api_gateway" else request_object
+    status, got_code, message = rejected(lambda_fn, event)
+    assert (status, got_code) == (400, code)
+    assert fragment in message
+
+
+def test_a_number_of_more_digits_than_python_reads_is_out_of_range(lambda_fn):
+    limit = sys.get_int_max_str_digits()
+    status, code, message = rejected(lambda_fn, api_event('{"input": [' + "9" * (limit + 1) + "]}"))
+    assert (status, code) == (400, "out_of_range")
+    assert f"more than {limit} digits" in message and "set_int_max_str_digits" not in message
+
+
+def test_an_int_too_long_to_write_out_is_out_of_range_not_a_500(lambda_fn):
+    # Only a Python caller can hand one over (JSON cannot carry it), and repr() of it raises.
+    limit = sys.get_int_max_str_digits()
+    status, code, message = rejected(lambda_fn, {"input": [10**limit] + [0] * 783})
+    assert (status, code) == (400, "out_of_range")
+    assert f"input[0] is an integer of more than {limit} digits" in message
