@@ -8,6 +8,7 @@ excerpts of what was sent.
 
 import base64
 import json
+import random
 import sys
 
 import pytest
@@ -232,3 +233,151 @@ def test_an_int_too_long_to_write_out_is_out_of_range_not_a_500(lambda_fn):
     status, code, message = rejected(lambda_fn, {"input": [10**limit] + [0] * 783})
     assert (status, code) == (400, "out_of_range")
     assert f"input[0] is an integer of more than {limit} digits" in message
+
+
+@pytest.mark.parametrize("event", [None, True, 0, 1.5, float("nan"), "x" * 1_000_000, [], [{"input": []}]])
+def test_a_direct_invocation_of_any_json_type_but_an_object_is_invalid_body(lambda_fn, event):
+    status, code, message = rejected(lambda_fn, event)
+    assert (status, code) == (400, "invalid_body")
+    assert "must be a JSON object" in message
+
+
+@pytest.mark.parametrize(
+    "body", [b'{"input": []}', bytearray(b"{}"), memoryview(b"{}"), 5, ["{}"], {"input": []}]
+)
+def test_an_event_body_that_is_not_a_string_is_invalid_body(lambda_fn, body):
+    status, code, message = rejected(lambda_fn, {**api_event(None), "body": body})
+    assert (status, code) == (400, "invalid_body")
+    assert "the event body must be a string" in message
+
+
+# -- a deterministic fuzz loop (hypothesis is not among the project's pinned dependencies) -------------
+
+ODD_TEXT = ["", "x", "input", "inputs", "/mnist", "POST", "application/json", "\N{GRINNING FACE}", "\ud800",
+            "\x00", '"', "\\", "NaN", "[", "{", "é" * 50, "k" * 5000]  # fmt: skip
+
+
+def random_text(rng: random.Random) -> str:
+    if rng.random() < 0.5:
+        return rng.choice(ODD_TEXT)
+    alphabet = 'ab/{}[]",:0123456789 \\é\N{GRINNING FACE}\ud800\x00'
+    return "".join(rng.choice(alphabet) for _ in range(rng.choice([1, 5, 40, 3000])))
+
+
+def random_json(rng: random.Random, depth: int = 0):
+    """Any JSON value the Lambda runtime could hand over (NaN included: its parser accepts it)."""
+    kind = rng.choice(
+        ["null", "bool", "int", "float", "text", "list", "dict"] if depth < 4 else ["int", "text"]
+    )
+    if kind == "null":
+        return None
+    if kind == "bool":
+        return rng.random() < 0.5
+    if kind == "int":
+        return rng.choice([0, 1, 255, 256, -1, 10**400, rng.randrange(-(10**30), 10**30)])
+    if kind == "float":
+        return rng.choice([0.5, 255.0, 255.5, -0.0, 1e308, float("nan"), float("inf"), float("-inf")])
+    if kind == "text":
+        return random_text(rng)
+    if kind == "list":
+        return [random_json(rng, depth + 1) for _ in range(rng.choice([0, 1, 3, 20]))]
+    return {random_text(rng): random_json(rng, depth + 1) for _ in range(rng.choice([0, 1, 3, 20]))}
+
+
+def random_image(rng: random.Random):
+    image = [rng.choice([0, 17, 255, 12.5]) for _ in range(784)]
+    mutation = rng.random()
+    if mutation < 0.3:
+        image[rng.randrange(784)] = random_json(rng, 3)
+    elif mutation < 0.4:
+        del image[rng.randrange(784) :]
+    elif mutation < 0.5:
+        return random_json(rng, 2)
+    return image
+
+
+def random_request(rng: random.Random):
+    shape = rng.random()
+    if shape < 0.35:
+        return {"input": random_image(rng)}
+    if shape < 0.6:
+        if rng.random() < 0.1:
+            return {"inputs": [random_image(rng)] * 257}
+        return {"inputs": [random_image(rng) for _ in range(rng.choice([0, 1, 2, 5]))]}
+    if shape < 0.7:
+        return {"input": random_image(rng), "inputs": [random_image(rng)], random_text(rng): 1}
+    return random_json(rng)
+
+
+def random_body(rng: random.Random, request) -> object:
+    """A body as API Gateway (or a confused direct caller) could put it in the event."""
+    text = json.dumps(request)
+    choice = rng.random()
+    if choice < 0.1:
+        text = text[: rng.randrange(len(text) + 1)]
+    elif choice < 0.2:
+        opener = rng.choice(["[", '{"a":', '{"input":[', '{"inputs":['])
+        text = opener * rng.choice([10, 1000, 100_000])
+    elif choice < 0.25:
+        return rng.choice([None, b'{"input": []}', bytearray(b"[]"), 5, [text], {"input": []}])
+    elif choice < 0.3:
+        text = random_text(rng)
+    return text
+
+
+def random_event(rng: random.Random):
+    request = random_request(rng)
+    if rng.random() < 0.3:
+        return request  # a direct invocation
+    event = api_event(None)
+    body = random_body(rng, request)
+    if isinstance(body, str) and rng.random() < 0.2:
+        event["isBase64Encoded"] = True
+        as_bytes = body.encode("utf-8", "surrogatepass")
+        body = rng.choice(
+            [base64.b64encode(as_bytes).decode(), body, base64.b64encode(as_bytes).decode()[1:]]
+        )
+    if body is not None:
+        event["body"] = body
+    if rng.random() < 0.15:
+        http = event["requestContext"]["http"]
+        http[rng.choice(["method", "path"])] = rng.choice([random_json(rng, 2), random_text(rng)])
+    for field, odd in (
+        ("isBase64Encoded", lambda: random_json(rng, 3)),
+        ("headers", lambda: rng.choice([random_json(rng, 2), {"content-type": random_json(rng, 3)}])),
+        ("requestContext", lambda: random_json(rng, 2)),
+    ):
+        if rng.random() < 0.1:
+            event[field] = odd()
+    return event
+
+
+EVENTS_PER_SEED = 400
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_any_event_gets_a_prediction_or_a_small_4xx_never_an_exception(lambda_fn, seed, capsys):
+    rng = random.Random(seed)
+    answered = set()  # 200, or the error codes
+    for attempt in range(EVENTS_PER_SEED):
+        event = random_event(rng)
+        response = lambda_fn.handler(event, CONTEXT)  # raising here is the failure this test looks for
+        status, body = response["statusCode"], json.loads(response["body"])
+        if status == 200:
+            assert {"prediction", "model"} <= set(body) or {"predictions", "model"} <= set(body), (
+                seed,
+                attempt,
+            )
+            answered.add(200)
+            continue
+        assert 400 <= status < 500, (seed, attempt, body)
+        assert set(body["error"]) == {"code", "message"}, (seed, attempt)
+        answered.add(body["error"]["code"])
+        assert len(response["body"]) < ERROR_ANSWER_LIMIT, (seed, attempt, response["body"][:300])
+        assert len(json.dumps(response)) < ERROR_ANSWER_LIMIT, (seed, attempt)
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == EVENTS_PER_SEED
+    assert max(map(len, lines)) < ERROR_ANSWER_LIMIT  # the log line is bounded too: no input in it
+    # The loop reaches the model and each layer of checks, so it can find what they miss.
+    assert {200, "invalid_event", "invalid_base64", "nesting_too_deep", "malformed_json", "invalid_body",
+            "missing_field", "invalid_type"} <= answered  # fmt: skip
