@@ -25,8 +25,16 @@ Response::
 MODEL_INFO is ``{"version": $AWS_LAMBDA_FUNCTION_VERSION, "training_job": model_card.json's
 "training_job", "model_sha256": sha256 of model.onnx}``. Bad input is always a 4xx (400; 404 wrong
 route; 405 wrong method; 413 body over MAX_BODY_BYTES; 415 a Content-Type other than JSON, while a
-missing one is accepted). A fault in the function itself is raised, not answered, so that Lambda
-counts it in its Errors metric and API Gateway answers 500.
+missing one is accepted). Among the 400s, ``invalid_event`` names an event field of the wrong type
+(``headers`` not an object; ``isBase64Encoded`` not a boolean; ``requestContext.http.path`` or
+``.method`` or the Content-Type not a string), ``nesting_too_deep`` a body nested beyond the JSON
+parser's recursion limit, and ``out_of_range`` also a number of more digits than Python reads
+(``sys.get_int_max_str_digits()``). A fault in the function itself is raised, not answered, so that
+Lambda counts it in its Errors metric and API Gateway answers 500.
+
+Error messages quote what was sent only in excerpts: EXCERPT_CHARS characters of a value (with a
+long string's length), at most KEYS_QUOTED keys (with the key count). So an error answer stays under
+4 KB whatever the request, and never echoes it back in bulk.
 
 The model is ``model.onnx`` with ``model_card.json`` next to this file (or in ``$MODEL_DIR``). It
 is loaded once, at import, which is Lambda's init phase. Its input is raw pixels, float32
@@ -241,7 +249,7 @@ def _check_route(http: dict) -> None:
 
 
 def _check_content_type(headers) -> None:
-    if headers is None:
+    if headers is None:  # a hand-made event without the field
         return
     if not isinstance(headers, dict):
         raise ClientError(
@@ -442,7 +450,7 @@ def _short(value) -> str:
     is_long_string = isinstance(value, str) and len(value) > EXCERPT_CHARS
     try:
         shown = repr(value[: EXCERPT_CHARS + 1] if is_long_string else value)  # never repr a huge string
-    except ValueError:  # an int Python will not write out: a direct caller's, JSON cannot carry one
+    except ValueError:  # an int too long to write out: only a Python caller has one, json.loads refuses it
         return f"an integer of more than {sys.get_int_max_str_digits()} digits"
     if len(shown) > EXCERPT_CHARS:
         shown = shown[: EXCERPT_CHARS - 4] + "..."
