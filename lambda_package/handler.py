@@ -25,8 +25,16 @@ Response::
 MODEL_INFO is ``{"version": $AWS_LAMBDA_FUNCTION_VERSION, "training_job": model_card.json's
 "training_job", "model_sha256": sha256 of model.onnx}``. Bad input is always a 4xx (400; 404 wrong
 route; 405 wrong method; 413 body over MAX_BODY_BYTES; 415 a Content-Type other than JSON, while a
-missing one is accepted). A fault in the function itself is raised, not answered, so that Lambda
-counts it in its Errors metric and API Gateway answers 500.
+missing one is accepted). Among the 400s, ``invalid_event`` names an event field of the wrong type
+(``headers`` not an object; ``isBase64Encoded`` not a boolean; ``requestContext.http.path`` or
+``.method`` or the Content-Type not a string), ``nesting_too_deep`` a body nested beyond the JSON
+parser's recursion limit, and ``out_of_range`` also a number of more digits than Python reads
+(``sys.get_int_max_str_digits()``). A fault in the function itself is raised, not answered, so that
+Lambda counts it in its Errors metric and API Gateway answers 500.
+
+Error messages quote what was sent only in excerpts: EXCERPT_CHARS characters of a value (with a
+long string's length), at most KEYS_QUOTED keys (with the key count). So an error answer stays under
+4 KB whatever the request, and never echoes it back in bulk.
 
 The model is ``model.onnx`` with ``model_card.json`` next to this file (or in ``$MODEL_DIR``). It
 is loaded once, at import, which is Lambda's init phase. Its input is raw pixels, float32
@@ -39,14 +47,13 @@ code, function version. Never pixel data.
 """
 
 import base64
-import binascii
 import hashlib
 import json
 import math
 import os
 import sys
 import time
-from itertools import chain
+from itertools import chain, islice
 from pathlib import Path
 from typing import NoReturn
 
@@ -60,6 +67,10 @@ MAX_BATCH = 256
 MAX_BODY_BYTES = 2 * 1024 * 1024
 ROUTE_PATH = "/mnist"
 OUTPUT_KINDS = ("logits", "probabilities")
+
+# Error messages quote what was sent only in excerpts: so many characters of a value, so many keys.
+EXCERPT_CHARS = 24
+KEYS_QUOTED = 3
 
 _NUMBER_TYPES = {int, float}  # exact types: bool is an int subclass and must not pass as a pixel
 _JSON_HEADERS = {"Content-Type": "application/json"}
@@ -209,31 +220,55 @@ def _request_from_event(event):
     if not isinstance(http, dict):
         return event
     _check_route(http)
-    _check_content_type(event.get("headers") or {})
-    return _parse_body(event.get("body"), bool(event.get("isBase64Encoded")))
+    _check_content_type(event.get("headers"))
+    is_base64 = event.get("isBase64Encoded")
+    if not isinstance(is_base64, bool | None):  # bool("false") is True: a guess could decode either way
+        raise ClientError(
+            400, "invalid_event", f"isBase64Encoded must be true or false, got {_json_type(is_base64)}"
+        )
+    return _parse_body(event.get("body"), is_base64 is True)
 
 
 def _check_route(http: dict) -> None:
-    path, method = str(http.get("path", "")), str(http.get("method", ""))
+    path, method = http.get("path", ""), http.get("method", "")
+    for name, value in (("path", path), ("method", method)):
+        if not isinstance(value, str):
+            raise ClientError(
+                400, "invalid_event", f"requestContext.http.{name} must be a string, got {_json_type(value)}"
+            )
     # endswith: a named stage or a custom-domain mapping prefixes the path (/prod/mnist).
     if not path.rstrip("/").endswith(ROUTE_PATH):
-        raise ClientError(404, "not_found", f"no route {path!r}; send POST {ROUTE_PATH}")
+        raise ClientError(404, "not_found", f"no route {_short(path)}; send POST {ROUTE_PATH}")
     if method != "POST":
         raise ClientError(
-            405, "method_not_allowed", f"{method} is not allowed on {ROUTE_PATH}; use POST", {"Allow": "POST"}
+            405,
+            "method_not_allowed",
+            f"{_short(method)} is not allowed on {ROUTE_PATH}; use POST",
+            {"Allow": "POST"},
         )
 
 
-def _check_content_type(headers: dict) -> None:
-    content_type = next((value for key, value in headers.items() if key.lower() == "content-type"), None)
-    if content_type is None:
+def _check_content_type(headers) -> None:
+    if headers is None:  # a hand-made event without the field
+        return
+    if not isinstance(headers, dict):
+        raise ClientError(
+            400, "invalid_event", f"the event's headers must be an object, got {_json_type(headers)}"
+        )
+    name = next((name for name in headers if isinstance(name, str) and name.lower() == "content-type"), None)
+    if name is None:
         return  # many clients omit it; the body must still be JSON
+    content_type = headers[name]
+    if not isinstance(content_type, str):
+        raise ClientError(
+            400, "invalid_event", f"the Content-Type header must be a string, got {_json_type(content_type)}"
+        )
     media_type = content_type.split(";")[0].strip().lower()
     if media_type != "application/json" and not media_type.endswith("+json"):
         raise ClientError(
             415,
             "unsupported_media_type",
-            f"Content-Type {content_type!r} is not supported; send application/json",
+            f"Content-Type {_short(content_type)} is not supported; send application/json",
         )
 
 
@@ -254,14 +289,28 @@ def _parse_body(body, is_base64: bool):
     if is_base64:
         try:
             body = base64.b64decode(body, validate=True)
-        except binascii.Error as error:
+        except ValueError as error:  # binascii.Error, or a str with non-ASCII characters
             raise ClientError(
                 400, "invalid_base64", f"isBase64Encoded is true but the body is not base64: {error}"
             ) from None
     try:
         return json.loads(body, parse_constant=_reject_constant)
-    except ValueError as error:  # JSONDecodeError, or UnicodeDecodeError for bytes that are not UTF-8
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:  # the latter: bytes that are not UTF-8
         raise ClientError(400, "malformed_json", f"the request body is not valid JSON: {error}") from None
+    except ValueError:  # int() refuses numbers of more than sys.get_int_max_str_digits() digits
+        raise ClientError(
+            400,
+            "out_of_range",
+            f"the request body has a number of more than {sys.get_int_max_str_digits()} digits; "
+            "pixels are numbers 0..255",
+        ) from None
+    except RecursionError:  # the parser recurses once per nested array or object: '[' * 100000
+        raise ClientError(
+            400,
+            "nesting_too_deep",
+            "the request body nests arrays or objects too deeply; 'input' is a flat array of "
+            f"{PIXELS} numbers and 'inputs' an array of such arrays",
+        ) from None
 
 
 def _reject_constant(name: str):
@@ -314,7 +363,7 @@ def _pixels_from_request(request) -> tuple[np.ndarray, bool]:
         400,
         "missing_field",
         f"the request needs 'input' ({PIXELS} numbers 0..255) or 'inputs' "
-        f"(an array of such arrays); got keys {sorted(request)[:10]}",
+        f"(an array of such arrays); {_keys_excerpt(request)}",
     )
 
 
@@ -383,9 +432,29 @@ def _json_type(value) -> str:
     return type(value).__name__
 
 
+def _keys_excerpt(request: dict) -> str:
+    """How many keys the request has and the first few, cut short: never all of them."""
+    count = len(request)
+    if count == 0:
+        return "got no keys"
+    quoted = ", ".join(_short(key) for key in islice(request, KEYS_QUOTED))
+    if count == 1:
+        return f"got 1 key: {quoted}"
+    if count <= KEYS_QUOTED:
+        return f"got {count} keys: {quoted}"
+    return f"got {count} keys, the first {KEYS_QUOTED}: {quoted}"
+
+
 def _short(value) -> str:
-    shown = repr(value)
-    return shown if len(shown) <= 24 else shown[:20] + "..."
+    """An excerpt of value for an error message: the start of its repr, and a cut string's length."""
+    is_long_string = isinstance(value, str) and len(value) > EXCERPT_CHARS
+    try:
+        shown = repr(value[: EXCERPT_CHARS + 1] if is_long_string else value)  # never repr a huge string
+    except ValueError:  # an int too long to write out: only a Python caller has one, json.loads refuses it
+        return f"an integer of more than {sys.get_int_max_str_digits()} digits"
+    if len(shown) > EXCERPT_CHARS:
+        shown = shown[: EXCERPT_CHARS - 4] + "..."
+    return f"{shown} ({len(value)} characters)" if is_long_string else shown
 
 
 MODEL = Model(Path(os.environ.get("MODEL_DIR") or Path(__file__).resolve().parent))

@@ -237,7 +237,7 @@ BAD_EVENTS = [
     ("base64 of non-UTF-8", {**api_event(None, base64_body=True), "body": "//79"}, 400, "malformed_json",
      "not valid JSON"),
     ("GET", api_event(None, method="GET"), 405, "method_not_allowed", "use POST"),
-    ("PUT", api_event('{"input": []}', method="PUT"), 405, "method_not_allowed", "PUT is not allowed"),
+    ("PUT", api_event('{"input": []}', method="PUT"), 405, "method_not_allowed", "'PUT' is not allowed"),
     ("unknown path", api_event('{"input": []}', path="/predict"), 404, "not_found", "'/predict'"),
 ]
 # fmt: on
