@@ -77,7 +77,7 @@ def data_section(
         "new_batches": list((discovery or {}).get("new", [])),
         "accepted": [_pick(batch, "key", "sha256", "rows") for batch in (checked or {}).get("accepted", [])],
         "quarantined": [
-            _pick(batch, "key", "quarantine_key", "report_key", "reasons")
+            _pick(batch, "key", "sha256", "quarantine_key", "report_key", "reasons")
             for batch in (checked or {}).get("quarantined", [])
         ],
         "snapshot": _pick(snapshot, "sha256", "rows", "shards", "manifest_uri", "train_manifest_uri"),
