@@ -4,6 +4,7 @@ Built from plain inputs (the DAG run and the XCom results of the tasks that ran)
 tested without Airflow. Sections::
 
     run         run id, logical date, trigger (scheduled/manual and who), params
+    live_alias  where the alias pointed at the start, the champion, what blocked a deployment
     data        batches accepted and quarantined (with reasons), the snapshot
     training    job name, status, failure reason, duration, billable seconds, metrics
     decision    evaluation (candidate and champion), gate decision and reasons, model package
@@ -203,6 +204,7 @@ def build_audit_record(
     training: dict | None = None,
     decision: dict | None = None,
     deployment: dict | None = None,
+    live_alias: dict | None = None,
     written_at: dt.datetime | None = None,
 ) -> dict:
     """The audit document from its sections (see the module docstring)."""
@@ -210,6 +212,7 @@ def build_audit_record(
         "schema_version": SCHEMA_VERSION,
         "written_at": _iso(written_at or dt.datetime.now(dt.UTC)),
         "run": run,
+        "live_alias": live_alias,
         "data": data,
         "training": training,
         "decision": decision,
