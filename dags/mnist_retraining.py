@@ -3,6 +3,10 @@
 
 Nightly retraining of the MNIST digit classifier, from new data to the `live` Lambda alias.
 
+0. **check_live_alias**: where the alias points at the start of the run. Leftover canary weights,
+   or a version no Approved model package records, block this run's deployment (the gate says
+   why) and that version is not treated as the champion.
+
 1. **data**: find incoming batches no deployed run consumed, validate each (Great Expectations),
    quarantine failures, snapshot exactly what this run trains on. Nothing new and no
    `force_retrain`: the run stops here and its audit record says "nothing_to_do".
@@ -15,8 +19,8 @@ Nightly retraining of the MNIST digit classifier, from new data to the `live` La
    a person decides too. A rejected model's package is marked Rejected; the alias is untouched.
 6. **deploy**: publish a Lambda version, smoke test that version, shift `canary_weight` of the
    alias's traffic to it, check the canary, promote, mark the package Approved.
-7. **rollback**: when a step after publishing fails, the alias goes back to the champion and the
-   package is marked Rejected; the run then fails.
+7. **rollback**: when a step after publishing fails, the alias goes back to the champion (only if
+   it is still where this run left it) and the package is marked Rejected; the run then fails.
 8. **audit**: `audit/<run>.json` in S3, whatever happened; a deployed run marks its batches
    consumed. `conclude_run` then fails the run if it failed.
 
@@ -138,6 +142,16 @@ with DAG(
 
     settings = load_settings()
 
+    @task(multiple_outputs=True)
+    def check_live_alias(settings: dict) -> dict:
+        """Where the alias points now: the champion, and anything that makes moving it unsafe."""
+        from mnist_pipeline.lambda_deploy import inspect_live_alias
+
+        lambda_conn, sm = clients("lambda", "sagemaker")
+        return inspect_live_alias(lambda_conn, sm, PipelineConfig(**settings))
+
+    live = check_live_alias(settings)
+
     with TaskGroup(
         "data",
         tooltip="Find, validate and snapshot the data",
@@ -239,18 +253,17 @@ with DAG(
 
         @task(multiple_outputs=True)
         def evaluate_model(
-            settings: dict, started: dict, run_id: str | None = None, params: dict | None = None
+            settings: dict, started: dict, live: dict, run_id: str | None = None, params: dict | None = None
         ):
             from mnist_pipeline.evaluation import evaluate_run
 
-            s3, lambda_conn, sm = clients("s3", "lambda", "sagemaker")
+            s3, sm = clients("s3", "sagemaker")
             job = pipeline.completed_job(sm, started["Training"]["TrainingJobName"])
             return {
                 **evaluate_run(
                     s3,
-                    lambda_conn,
-                    sm,
                     PipelineConfig(**settings),
+                    live=live,
                     run_id=run_id,
                     training_job=job["TrainingJobName"],
                     model_uri=job["ModelArtifacts"]["S3ModelArtifacts"],
@@ -264,7 +277,7 @@ with DAG(
         def stop_if_dry_run(params: dict | None = None) -> bool:
             return not params["dry_run"]
 
-        evaluation = evaluate_model(settings, train_model.output)
+        evaluation = evaluate_model(settings, train_model.output, live)
         wait_for_training >> evaluation
         not_dry_run = stop_if_dry_run()
         evaluation >> not_dry_run
@@ -332,10 +345,13 @@ with DAG(
         "deploy",
         tooltip="Ship to Lambda",
         doc_md=(
-            "Builds the deterministic zip (handler + model.onnx + model_card.json), publishes a "
-            "version (unchanged code: no new version), smoke tests that version, then moves the "
-            "alias: `canary_weight` of the traffic first (0 skips the canary), checked with "
-            "`canary_invocations` calls, then all of it. The package is then Approved with its version."
+            "Builds the deterministic zip (handler + the evaluated model.onnx, checked by sha256 + "
+            "model_card.json), publishes a version (unchanged code: no new version) and waits for it "
+            "to be Active, smoke tests that version (it must report the evaluated model's sha256), "
+            "then moves the alias, only from the state the run last saw it in: `canary_weight` of "
+            "the traffic first (0 skips the canary), checked with at least `canary_invocations` "
+            "calls of which the new version must answer at least 5, then all of it. The package is "
+            "then Approved with its version."
         ),
     ) as deploy:
 
@@ -344,7 +360,9 @@ with DAG(
             from mnist_pipeline.lambda_deploy import upload_lambda_package, version_description
 
             (s3,) = clients("s3")
-            package = upload_lambda_package(s3, PipelineConfig(**settings), evaluation["model_uri"])
+            package = upload_lambda_package(
+                s3, PipelineConfig(**settings), evaluation["model_uri"], evaluation["model_sha256"]
+            )
             description = version_description(run_id, evaluation["training_job"], evaluation["accuracy"])
             return {**package, "description": description}
 
@@ -365,6 +383,7 @@ with DAG(
             version=publish.output["version"],
             examples_uri=evaluation["examples_uri"],
             min_accuracy="{{ params.min_accuracy }}",
+            expected_model_sha256=evaluation["model_sha256"],
             aws_conn_id=AWS_CONN_ID,
         )
 
@@ -382,12 +401,14 @@ with DAG(
             alias=setting("lambda_alias"),
             version=publish.output["version"],
             weight="{{ params.canary_weight }}",
+            previous_steps=[IDS["live_alias"]],
             aws_conn_id=AWS_CONN_ID,
         )
         check_canary = LambdaCanaryCheckOperator(
             task_id="check_canary",
             function_name=setting("lambda_function"),
             alias=setting("lambda_alias"),
+            version=publish.output["version"],
             examples_uri=evaluation["examples_uri"],
             invocations="{{ params.canary_invocations }}",
             aws_conn_id=AWS_CONN_ID,
@@ -398,6 +419,7 @@ with DAG(
             alias=setting("lambda_alias"),
             version=publish.output["version"],
             weight=1.0,
+            previous_steps=[IDS["live_alias"], IDS["canary_shift"]],
             trigger_rule=TriggerRule.NONE_FAILED_MIN_ONE_SUCCESS,
             aws_conn_id=AWS_CONN_ID,
         )
@@ -423,7 +445,9 @@ with DAG(
         tooltip="Undo a failed deployment",
         doc_md=(
             "Runs when a step after publishing failed: the alias goes back to the version it had "
-            "before this run (deleted if there was none) and the package is marked Rejected."
+            "at the start of the run (deleted if there was none), but only if it is still where "
+            "this run left it; a change made elsewhere since fails the task instead of being "
+            "reverted. The package is marked Rejected."
         ),
     ) as rollback:
 
@@ -435,7 +459,8 @@ with DAG(
             task_id="rollback_alias",
             function_name=setting("lambda_function"),
             alias=setting("lambda_alias"),
-            version=evaluation["champion_version"],
+            start_state=live["alias"],
+            left_by=[IDS["canary_shift"], IDS["promote"]],
             aws_conn_id=AWS_CONN_ID,
         )
         reject_rolled_back_model = ModelPackageStatusOperator(

@@ -6,7 +6,7 @@ import boto3
 import numpy as np
 import pytest
 
-from mnist_pipeline import evaluation, registry
+from mnist_pipeline import evaluation, lambda_deploy, registry
 from tests.fixtures.plugin_aws import (
     REGION,
     centroid_predictions,
@@ -119,11 +119,11 @@ def evaluation_world(s3, pipeline_config, mnist, tmp_path, centroid_models):
 
 
 def run_evaluation(s3, config, clients, model_uri, **thresholds):
+    live = lambda_deploy.inspect_live_alias(clients["lambda"], clients["sagemaker"], config)
     return evaluation.evaluate_run(
         s3,
-        clients["lambda"],
-        clients["sagemaker"],
         config,
+        live=live,
         run_id=RUN_ID,
         training_job="job-2",
         model_uri=model_uri,
@@ -193,16 +193,64 @@ def test_a_model_worse_than_the_champion_is_rejected_with_both_accuracies(
     assert f"< champion {champion_accuracy:.4f} - max_regression 0.0020" in result["gate"]["reasons"][1]
 
 
-def test_a_live_version_without_a_package_is_reported_not_compared(s3, pipeline_config, evaluation_world):
+def test_a_live_version_no_approved_package_records_is_no_champion_and_blocks_the_gate(
+    s3, pipeline_config, evaluation_world
+):
     uris, clients = evaluation_world
-    clients["lambda"].publish_version(FunctionName=pipeline_config.lambda_function)
+    clients["lambda"].publish_version(FunctionName=pipeline_config.lambda_function)  # deployed by hand
     clients["lambda"].create_alias(
         FunctionName=pipeline_config.lambda_function, Name=pipeline_config.lambda_alias, FunctionVersion="1"
     )
-    result = run_evaluation(s3, pipeline_config, clients, uris["weak"])
+    result = run_evaluation(s3, pipeline_config, clients, uris["good"])
+
     assert result["champion"] == {"lambda_version": "1", "model_package_arn": None, "model_uri": None}
-    assert result["gate"]["reasons"][1] == (
-        "live version 1 has no Approved model package: no champion to compare with"
+    assert result["champion_version"] is None
+    assert result["gate"]["approved"] is False  # a good model, but the live alias is not ours to move
+    assert (
+        "deployment blocked: alias live points at version 1, which no Approved model package"
+        in result["gate"]["reasons"][-1]
+    )
+
+
+def test_an_alias_on_the_infrastructure_placeholder_is_a_first_deployment(
+    s3, pipeline_config, evaluation_world
+):
+    uris, clients = evaluation_world
+    function = pipeline_config.lambda_function
+    clients["lambda"].publish_version(
+        FunctionName=function, Description=lambda_deploy.PLACEHOLDER_DESCRIPTION
+    )
+    clients["lambda"].create_alias(
+        FunctionName=function, Name=pipeline_config.lambda_alias, FunctionVersion="1"
+    )
+
+    result = run_evaluation(s3, pipeline_config, clients, uris["good"])
+
+    assert result["gate"]["approved"] is True
+    assert result["live_alias"]["placeholder"] is True
+    assert "is the infrastructure's placeholder (no model)" in result["gate"]["reasons"][1]
+
+
+def test_leftover_canary_weights_block_the_gate_and_the_champion_is_not_compared(
+    s3, pipeline_config, evaluation_world
+):
+    uris, clients = evaluation_world
+    make_champion(pipeline_config, clients, uris["weak"])
+    clients["lambda"].update_function_configuration(FunctionName=pipeline_config.lambda_function, Timeout=9)
+    clients["lambda"].publish_version(FunctionName=pipeline_config.lambda_function)  # version 2
+    clients["lambda"].update_alias(
+        FunctionName=pipeline_config.lambda_function,
+        Name=pipeline_config.lambda_alias,
+        RoutingConfig={"AdditionalVersionWeights": {"2": 0.1}},
+    )
+
+    result = run_evaluation(s3, pipeline_config, clients, uris["good"])
+
+    assert result["gate"]["approved"] is False
+    assert "metrics" not in result["champion"]
+    assert any(
+        "alias live still routes {'2': 0.1} beside version 1: a deployment did not finish" in reason
+        for reason in result["gate"]["reasons"]
     )
 
 

@@ -1,5 +1,6 @@
 """The lake in S3 (moto): new batches are found once, bad ones quarantined without loss, snapshots are exact."""
 
+import hashlib
 import json
 
 import pytest
@@ -86,9 +87,16 @@ def test_a_failing_batch_is_moved_to_quarantine_with_its_report(s3, pipeline_con
     assert bad["reasons"] == ["class_proportions: observed 1.0, expected '<= 0.5'"]
     assert "not a readable .npz shard" in unreadable["reasons"][0]
     prefix = pipeline_config.run_quarantine_prefix(RUN_1)
+    bad_sha, unreadable_sha = bad["sha256"], unreadable["sha256"]
+    assert unreadable_sha == hashlib.sha256(b"not a shard").hexdigest()
     assert keys_under(s3, bucket, prefix) == sorted(
         prefix + name
-        for name in ("batch-0004.npz", "batch-0004.report.json", "batch-0005.npz", "batch-0005.report.json")
+        for name in (
+            f"batch-0004.{bad_sha}.npz",
+            f"batch-0004.{bad_sha}.report.json",
+            f"batch-0005.{unreadable_sha}.npz",
+            f"batch-0005.{unreadable_sha}.report.json",
+        )
     )
     report = json.loads(s3.get_object(Bucket=bucket, Key=bad["report_key"])["Body"].read())
     assert report["run_id"] == RUN_1 and report["report"]["success"] is False
@@ -113,14 +121,94 @@ def test_a_quarantine_interrupted_after_the_copy_finishes_without_losing_the_bat
 ):
     bucket, key = pipeline_config.bucket, "data/incoming/batch-0002.npz"
     original = s3.get_object(Bucket=bucket, Key=key)["Body"].read()
-    destination, _ = lake.quarantine_paths(pipeline_config, RUN_1, key)
+    batch = lake.fetch_batch(s3, bucket, key)
+    destination, _ = lake.quarantine_paths(pipeline_config, RUN_1, key, batch.sha256)
     s3.copy_object(Bucket=bucket, Key=destination, CopySource={"Bucket": bucket, "Key": key})  # crash here
 
-    result = lake.quarantine_batch(s3, pipeline_config, RUN_1, key, {"success": False, "error": "bad"})
+    result = lake.quarantine_batch(s3, pipeline_config, RUN_1, batch, {"success": False, "error": "bad"})
 
     assert result["reasons"] == ["bad"]
     assert s3.get_object(Bucket=bucket, Key=destination)["Body"].read() == original
     assert key not in keys_under(s3, bucket, "data/incoming/")
+
+
+def test_bytes_uploaded_under_the_key_during_a_quarantine_stay_in_incoming(s3, pipeline_config, lake_in_s3):
+    bucket, key = pipeline_config.bucket, "data/incoming/batch-0003.npz"
+    batch = lake.fetch_batch(s3, bucket, key)
+    newer = put_shard(s3, bucket, key, *random_digits(77, 20))  # the producer re-uploads meanwhile
+
+    with pytest.raises(lake.LakeError, match="changed while it was being validated|holds sha256"):
+        lake.quarantine_batch(s3, pipeline_config, RUN_1, batch, {"success": False, "error": "bad"})
+
+    # The new upload is in incoming, untouched, for the next run to validate; nothing is quarantined
+    # under the old bytes' name.
+    assert hashlib.sha256(s3.get_object(Bucket=bucket, Key=key)["Body"].read()).hexdigest() == newer
+    destination, _ = lake.quarantine_paths(pipeline_config, RUN_1, key, batch.sha256)
+    assert destination not in keys_under(s3, bucket, pipeline_config.quarantine_prefix)
+
+
+def test_the_incoming_batch_is_deleted_only_if_it_still_holds_the_quarantined_bytes(
+    s3, pipeline_config, lake_in_s3, monkeypatch
+):
+    bucket, key = pipeline_config.bucket, "data/incoming/batch-0001.npz"
+    batch = lake.fetch_batch(s3, bucket, key)
+    original_copy = s3.copy_object
+    newer = {}
+
+    def copy_then_reupload(**arguments):  # the producer re-uploads right after the copy
+        answer = original_copy(**arguments)
+        newer["sha"] = put_shard(s3, bucket, key, *random_digits(78, 20))
+        return answer
+
+    monkeypatch.setattr(s3, "copy_object", copy_then_reupload)
+    result = lake.quarantine_batch(s3, pipeline_config, RUN_1, batch, {"success": False, "error": "bad"})
+
+    assert s3.get_object(Bucket=bucket, Key=result["quarantine_key"])["Body"].read() == batch.data
+    assert hashlib.sha256(s3.get_object(Bucket=bucket, Key=key)["Body"].read()).hexdigest() == newer["sha"]
+
+
+def test_poison_batches_are_quarantined_byte_identical_and_a_good_one_accepted(
+    s3, pipeline_config, lake_in_s3
+):
+    from tests.fixtures.poison import NOT_A_SHARD, deflate_bomb_batch, huge_header_batch, truncated_batch
+
+    bucket = pipeline_config.bucket
+    poison = {
+        "data/incoming/batch-0011.npz": truncated_batch(*random_digits(3, 20)),
+        "data/incoming/batch-0012.npz": huge_header_batch(),
+        "data/incoming/batch-0013.npz": deflate_bomb_batch(),
+        "data/incoming/batch-0014.npz": NOT_A_SHARD,
+    }
+    for key, data in poison.items():
+        s3.put_object(Bucket=bucket, Key=key, Body=data)
+    keys = ["data/incoming/batch-0001.npz", *poison]
+
+    checked = lake.check_batches(s3, pipeline_config, RUN_1, keys, accept_all)
+
+    assert [batch["key"] for batch in checked["accepted"]] == ["data/incoming/batch-0001.npz"]
+    assert [batch["key"] for batch in checked["quarantined"]] == list(poison)
+    for moved in checked["quarantined"]:
+        kept = s3.get_object(Bucket=bucket, Key=moved["quarantine_key"])["Body"].read()
+        assert kept == poison[moved["key"]], moved["key"]
+        assert moved["reasons"] and moved["key"] not in keys_under(s3, bucket, "data/incoming/")
+    assert "1000000000 images" in checked["quarantined"][1]["reasons"][0]
+    assert "a shard holds at most 100000 images" in checked["quarantined"][2]["reasons"][0]
+
+
+def test_an_object_over_the_shard_size_limit_is_quarantined_without_being_held_in_memory(
+    s3, pipeline_config, lake_in_s3, monkeypatch
+):
+    monkeypatch.setattr(lake, "MAX_SHARD_BYTES", 1000)
+    bucket, key = pipeline_config.bucket, "data/incoming/batch-0015.npz"
+    data = bytes(range(256)) * 20  # 5120 bytes
+    s3.put_object(Bucket=bucket, Key=key, Body=data)
+
+    checked = lake.check_batches(s3, pipeline_config, RUN_1, [key], accept_all)
+
+    (moved,) = checked["quarantined"]
+    assert "5120 bytes, more than the 1000 a shard may be" in moved["reasons"][0]
+    assert moved["sha256"] == hashlib.sha256(data).hexdigest()
+    assert s3.get_object(Bucket=bucket, Key=moved["quarantine_key"])["Body"].read() == data
 
 
 def test_the_snapshot_lists_base_consumed_and_accepted_shards_with_their_sha256(

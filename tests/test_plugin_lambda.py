@@ -109,6 +109,44 @@ def test_a_model_is_packaged_with_the_handler_and_uploaded_once(
         assert archive.read("model.onnx") == centroid_models["good"]
 
 
+def test_the_package_is_built_only_from_the_model_the_evaluation_scored(
+    s3, pipeline_config, tmp_path, centroid_models
+):
+    model_key = "training/job-1/output/model.tar.gz"
+    model_dir = write_model_dir(tmp_path / "job-1", centroid_models["good"], "job-1")
+    s3.put_object(Bucket=pipeline_config.bucket, Key=model_key, Body=model_tar_gz(model_dir))
+    evaluated = hashlib.sha256(centroid_models["good"]).hexdigest()
+    uri = pipeline_config.s3_uri(model_key)
+
+    built = lambda_deploy.upload_lambda_package(s3, pipeline_config, uri, expected_model_sha256=evaluated)
+    assert built["model_sha256"] == evaluated
+
+    # The artifact is replaced after the evaluation: the deployment refuses it.
+    swapped = write_model_dir(tmp_path / "swapped", centroid_models["weak"], "job-1")
+    s3.put_object(Bucket=pipeline_config.bucket, Key=model_key, Body=model_tar_gz(swapped))
+    with pytest.raises(lambda_deploy.DeploymentCheckFailed, match=f"but the evaluation scored {evaluated}"):
+        lambda_deploy.upload_lambda_package(s3, pipeline_config, uri, expected_model_sha256=evaluated)
+
+
+def test_publishing_waits_for_the_version_to_be_active(
+    function, s3, pipeline_config, tmp_path, centroid_models
+):
+    key, sha = upload_zip(s3, pipeline_config, tmp_path, centroid_models["good"], "job-1")
+    operator_ = lambda_deploy.LambdaPublishVersionOperator(
+        task_id="publish",
+        function_name=FUNCTION,
+        s3_bucket=pipeline_config.bucket,
+        s3_key=key,
+        code_sha256=sha,
+        waiter_delay=0,
+        aws_conn_id=None,
+        region_name=REGION,
+    )
+    reads = record_calls(operator_.hook.conn, "GetFunctionConfiguration")
+    result = operator_.execute({})
+    assert {"FunctionName": FUNCTION, "Qualifier": result["version"]} in reads
+
+
 def test_new_code_is_deployed_and_published_as_a_new_version(
     function, s3, pipeline_config, tmp_path, centroid_models
 ):
@@ -243,28 +281,131 @@ def test_the_alias_must_point_at_a_version_number_with_a_sensible_weight(functio
         operator(lambda_deploy.LambdaAliasShiftOperator, alias=ALIAS, version="1", weight=1.5).execute({})
 
 
-def test_rollback_restores_the_previous_version_and_clears_routing_once(function):
-    publish_versions(function, 1)
-    shift = operator(lambda_deploy.LambdaAliasShiftOperator, alias=ALIAS, version="2", weight=0.2).execute({})
+class RunXComs:
+    """What a run's earlier tasks returned, as ``ti.xcom_pull`` gives it to a later task."""
 
-    rollback = operator(
-        lambda_deploy.LambdaAliasRollbackOperator, alias=ALIAS, version=shift["before"]["version"]
+    def __init__(self, **results):
+        self.results = results
+
+    def xcom_pull(self, task_ids, key="return_value", default=None):
+        return self.results.get(task_ids, default)
+
+
+def start_of_run(function) -> dict:
+    """What inspect_live_alias records at the start of a run: the alias's state then."""
+    try:
+        return {"alias": alias_now(function)}
+    except function.exceptions.ResourceNotFoundException:
+        return {"alias": lambda_deploy.alias_state(None)}
+
+
+def shift(version, weight=1.0, **results):
+    step = operator(
+        lambda_deploy.LambdaAliasShiftOperator,
+        alias=ALIAS,
+        version=version,
+        weight=weight,
+        previous_steps=["check_live_alias", "deploy.shift_canary"],
     )
-    result = rollback.execute({})
+    return step.execute({"ti": RunXComs(**results)})
+
+
+def rollback(start, **results):
+    step = operator(
+        lambda_deploy.LambdaAliasRollbackOperator,
+        alias=ALIAS,
+        start_state=start["alias"],
+        left_by=["deploy.shift_canary", "deploy.promote_alias"],
+    )
+    return step, step.execute({"ti": RunXComs(**results)})
+
+
+def test_rollback_restores_the_starting_version_and_clears_routing_once(function):
+    publish_versions(function, 1)
+    start = start_of_run(function)
+    canary = shift("2", 0.2, check_live_alias=start)
+
+    step, result = rollback(start, **{"deploy.shift_canary": canary})
     assert result["changed"] is True
     assert (alias_now(function)["version"], alias_now(function)["weights"]) == ("1", {})
 
-    again = operator(lambda_deploy.LambdaAliasRollbackOperator, alias=ALIAS, version="1")
-    updates = record_calls(again.hook.conn, "UpdateAlias")
-    assert again.execute({})["changed"] is False and updates == []
+    # Cleared and run again: the alias is back where the run started; nothing moves.
+    again, result = rollback(start, **{"deploy.shift_canary": canary})
+    assert result["changed"] is False
+    assert (alias_now(function)["version"], alias_now(function)["weights"]) == ("1", {})
 
 
 def test_rolling_back_a_first_deployment_removes_the_alias_it_created(function):
     function.delete_alias(FunctionName=FUNCTION, Name=ALIAS)
-    operator(lambda_deploy.LambdaAliasShiftOperator, alias=ALIAS, version="1").execute({})
-    result = operator(lambda_deploy.LambdaAliasRollbackOperator, alias=ALIAS, version=None).execute({})
+    start = start_of_run(function)
+    created = shift("1", check_live_alias=start)
+    _, result = rollback(start, **{"deploy.promote_alias": created})
     assert result["changed"] is True and result["after"]["exists"] is False
     assert function.list_aliases(FunctionName=FUNCTION)["Aliases"] == []
+
+
+def test_a_hotfix_made_after_the_run_moved_the_alias_is_never_rolled_back(function):
+    publish_versions(function, 2)  # versions 2 (this run's) and 3 (a person's hotfix)
+    start = start_of_run(function)
+    promoted = shift("2", check_live_alias=start)
+    function.update_alias(FunctionName=FUNCTION, Name=ALIAS, FunctionVersion="3")  # the hotfix
+
+    with pytest.raises(lambda_deploy.AliasChangedElsewhere) as error:
+        rollback(start, **{"deploy.promote_alias": promoted})
+
+    assert alias_now(function)["version"] == "3"  # untouched
+    message = str(error.value)
+    assert "alias live is at version 3 (revision" in message
+    assert f"not at version 2 (revision {promoted['after']['revision_id']}) where this run left it" in message
+
+
+def test_clearing_an_old_runs_rollback_after_a_newer_deployment_reverts_nothing(function):
+    publish_versions(function, 2)
+    old_start = start_of_run(function)
+    old_promoted = shift("2", check_live_alias=old_start)  # an old run deployed 2
+    new_start = start_of_run(function)
+    shift("3", check_live_alias=new_start)  # a newer run deployed 3
+
+    with pytest.raises(lambda_deploy.AliasChangedElsewhere):
+        rollback(old_start, **{"deploy.promote_alias": old_promoted})  # someone clears the old run's task
+    assert (alias_now(function)["version"], alias_now(function)["weights"]) == ("3", {})
+
+
+def test_a_run_that_never_moved_the_alias_rolls_nothing_back(function):
+    publish_versions(function, 1)
+    start = start_of_run(function)
+    function.update_alias(FunctionName=FUNCTION, Name=ALIAS, FunctionVersion="2")  # someone else's change
+    _, result = rollback(start)  # the smoke test failed: no shift ran
+    assert result["changed"] is False and alias_now(function)["version"] == "2"
+
+
+def test_the_canary_shift_refuses_an_alias_changed_since_the_run_started(function):
+    publish_versions(function, 2)
+    start = start_of_run(function)
+    function.update_alias(FunctionName=FUNCTION, Name=ALIAS, FunctionVersion="3")  # a hotfix mid-run
+
+    with pytest.raises(
+        lambda_deploy.AliasChangedElsewhere, match="not at version 1 .* where this run last saw it"
+    ):
+        shift("2", 0.1, check_live_alias=start)
+    assert (alias_now(function)["version"], alias_now(function)["weights"]) == ("3", {})
+
+
+def test_promotion_moves_on_from_the_canary_state_this_run_left(function):
+    publish_versions(function, 1)
+    start = start_of_run(function)
+    canary = shift("2", 0.1, check_live_alias=start)
+    promoted = shift("2", **{"check_live_alias": start, "deploy.shift_canary": canary})
+    assert (promoted["after"]["version"], promoted["after"]["weights"]) == ("2", {})
+    # Promotion straight from a changed canary state is refused.
+    publish_versions(function, 1)  # version 3
+    start = start_of_run(function)
+    canary = shift("3", 0.1, check_live_alias=start)
+    function.update_alias(
+        FunctionName=FUNCTION, Name=ALIAS, RoutingConfig={"AdditionalVersionWeights": {"3": 0.5}}
+    )
+    with pytest.raises(lambda_deploy.AliasChangedElsewhere):
+        shift("3", **{"check_live_alias": start, "deploy.shift_canary": canary})
 
 
 # --- smoke test and canary (handler in process) -----------------------------------------------------
@@ -343,6 +484,17 @@ def test_a_version_that_accepts_malformed_input_fails(function, holdout_uri, han
         smoke_test("2", holdout_uri, {"2": answers_200_to_everything}, min_accuracy=0.75)
 
 
+def test_the_smoke_test_checks_the_version_serves_the_evaluated_model(
+    function, holdout_uri, handlers, centroid_models
+):
+    good = hashlib.sha256(centroid_models["good"]).hexdigest()
+    result, _ = smoke_test("2", holdout_uri, handlers, min_accuracy=0.5, expected_model_sha256=good)
+    assert result["model_sha256"] == good
+    # Version 3 classifies well enough for a low bar, but it is not the model that was evaluated.
+    with pytest.raises(lambda_deploy.DeploymentCheckFailed, match=f"not the evaluated {good}"):
+        smoke_test("3", holdout_uri, handlers, min_accuracy=0.1, expected_model_sha256=good)
+
+
 def test_the_smoke_test_refuses_an_alias(function, holdout_uri, handlers):
     with pytest.raises(ValueError, match="not 'live' \\(an alias or \\$LATEST\\)"):
         smoke_test("live", holdout_uri, handlers, min_accuracy=0.75)
@@ -357,14 +509,73 @@ def test_the_canary_check_counts_calls_per_version_through_the_alias(function, h
         RoutingConfig={"AdditionalVersionWeights": {"3": 0.5}},
     )
     canary = operator(
-        lambda_deploy.LambdaCanaryCheckOperator, alias=ALIAS, examples_uri=holdout_uri, invocations=20
+        lambda_deploy.LambdaCanaryCheckOperator,
+        alias=ALIAS,
+        version="3",
+        examples_uri=holdout_uri,
+        invocations=20,
     )
     calls = serve_lambda_versions(canary.hook.conn, FUNCTION, handlers)
     result = canary.execute({})
 
     assert {call["qualifier"] for call in calls} == {ALIAS}
     assert set(result["by_version"]) == {"2", "3"}
-    assert sum(counts["invocations"] for counts in result["by_version"].values()) == 20
+    assert result["invocations"] == sum(counts["invocations"] for counts in result["by_version"].values())
+    assert result["invocations"] >= 20 and result["version_invocations"] >= 5
+
+
+def test_the_canary_passes_only_once_the_new_version_answered_enough_calls(function, holdout_uri, handlers):
+    publish_versions(function, 2)  # versions 2 (live) and 3 (the canary, 10%)
+    function.update_alias(
+        FunctionName=FUNCTION,
+        Name=ALIAS,
+        FunctionVersion="2",
+        RoutingConfig={"AdditionalVersionWeights": {"3": 0.1}},
+    )
+    # With 20 calls at 10%, about one run in eight sent none to the new version and still passed.
+    for seed in range(40):
+        canary = operator(
+            lambda_deploy.LambdaCanaryCheckOperator,
+            alias=ALIAS,
+            version="3",
+            examples_uri=holdout_uri,
+            invocations=20,
+            min_version_calls=5,
+        )
+        serve_lambda_versions(canary.hook.conn, FUNCTION, handlers, seed=seed)
+        result = canary.execute({})
+        assert result["by_version"]["3"]["invocations"] >= 5, (seed, result)
+        assert result["invocations"] <= 200  # 4 × 5 / 0.1
+
+
+def test_a_canary_the_new_version_never_answered_fails(function, holdout_uri, handlers):
+    publish_versions(function, 2)
+    function.update_alias(
+        FunctionName=FUNCTION,
+        Name=ALIAS,
+        FunctionVersion="2",
+        RoutingConfig={"AdditionalVersionWeights": {"3": 0.01}},
+    )
+    canary = operator(
+        lambda_deploy.LambdaCanaryCheckOperator,
+        alias=ALIAS,
+        version="3",
+        examples_uri=holdout_uri,
+        invocations=10,
+        max_invocations=10,
+    )
+    serve_lambda_versions(canary.hook.conn, FUNCTION, handlers, seed=1)
+    with pytest.raises(
+        lambda_deploy.DeploymentCheckFailed, match="only 0 of 10 calls .* were executed by version 3"
+    ):
+        canary.execute({})
+    # And an alias that sends the version nothing at all is not a canary.
+    function.update_alias(FunctionName=FUNCTION, Name=ALIAS, RoutingConfig={"AdditionalVersionWeights": {}})
+    unrouted = operator(
+        lambda_deploy.LambdaCanaryCheckOperator, alias=ALIAS, version="3", examples_uri=holdout_uri
+    )
+    with pytest.raises(lambda_deploy.DeploymentCheckFailed, match="sends no traffic to version 3"):
+        unrouted.execute({})
 
 
 def test_the_canary_check_fails_when_any_call_fails(function, holdout_uri, handlers):
@@ -372,7 +583,11 @@ def test_the_canary_check_fails_when_any_call_fails(function, holdout_uri, handl
         raise RuntimeError("model file missing")
 
     canary = operator(
-        lambda_deploy.LambdaCanaryCheckOperator, alias=ALIAS, examples_uri=holdout_uri, invocations=5
+        lambda_deploy.LambdaCanaryCheckOperator,
+        alias=ALIAS,
+        version="1",
+        examples_uri=holdout_uri,
+        invocations=5,
     )
     serve_lambda_versions(canary.hook.conn, FUNCTION, {"1": crashes})
     with pytest.raises(
@@ -400,7 +615,12 @@ class FormattingLog:
 def test_the_canary_check_takes_its_rendered_template_values(function, holdout_uri, handlers):
     # The DAG passes invocations="{{ params.canary_invocations }}", which renders to a string.
     canary = operator(
-        lambda_deploy.LambdaCanaryCheckOperator, alias=ALIAS, examples_uri=holdout_uri, invocations="4"
+        lambda_deploy.LambdaCanaryCheckOperator,
+        alias=ALIAS,
+        version="2",
+        examples_uri=holdout_uri,
+        invocations="4",
+        min_version_calls="3",
     )
     canary._cached_logger = FormattingLog()
     publish_versions(function, 1)  # version 2, the good model

@@ -218,3 +218,18 @@ def test_terraform_validate_passes_offline(tmp_path):
     assert init.returncode == 0, f"terraform init failed:\n{init.stdout}{init.stderr}"
     validate = terraform("validate", cwd=work)
     assert validate.returncode == 0, f"terraform validate failed:\n{validate.stdout}{validate.stderr}"
+
+
+def test_the_functions_first_version_is_marked_as_the_placeholder():
+    """An alias on the version Terraform publishes is a first deployment, not an unknown model: the
+    DAG recognises it by this description (lambda_deploy.PLACEHOLDER_DESCRIPTION)."""
+    from mnist_pipeline.lambda_deploy import PLACEHOLDER_DESCRIPTION
+
+    function = re.search(
+        r'resource "aws_lambda_function" "classifier" \{(.*?)\n\}',
+        (TERRAFORM_DIR / "lambda.tf").read_text(),
+        re.S,
+    )
+    description = re.search(r'^\s*description\s*=\s*"([^"]*)"', function.group(1), re.M).group(1)
+    assert description.startswith(PLACEHOLDER_DESCRIPTION)
+    assert re.search(r"^\s*publish\s*=\s*true", function.group(1), re.M)

@@ -28,9 +28,11 @@ resource "aws_cloudwatch_log_group" "lambda" {
   retention_in_days = var.log_retention_days
 }
 
+# Version 1, published here, is the placeholder; its description tells the DAG that an alias on it is
+# a first deployment (mnist_pipeline.lambda_deploy.PLACEHOLDER_DESCRIPTION), not an unknown model.
 resource "aws_lambda_function" "classifier" {
   function_name                  = var.lambda_function_name
-  description                    = "MNIST digit classifier; versions are published by the mnist_retraining DAG"
+  description                    = "placeholder: no model deployed yet; the mnist_retraining DAG publishes the versions that serve"
   role                           = aws_iam_role.lambda.arn
   runtime                        = "python3.12"
   handler                        = "handler.handler"

@@ -4,6 +4,7 @@ Built from plain inputs (the DAG run and the XCom results of the tasks that ran)
 tested without Airflow. Sections::
 
     run         run id, logical date, trigger (scheduled/manual and who), params
+    live_alias  where the alias pointed at the start, the champion, what blocked a deployment
     data        batches accepted and quarantined (with reasons), the snapshot
     training    job name, status, failure reason, duration, billable seconds, metrics
     decision    evaluation (candidate and champion), gate decision and reasons, model package
@@ -77,7 +78,7 @@ def data_section(
         "new_batches": list((discovery or {}).get("new", [])),
         "accepted": [_pick(batch, "key", "sha256", "rows") for batch in (checked or {}).get("accepted", [])],
         "quarantined": [
-            _pick(batch, "key", "quarantine_key", "report_key", "reasons")
+            _pick(batch, "key", "sha256", "quarantine_key", "report_key", "reasons")
             for batch in (checked or {}).get("quarantined", [])
         ],
         "snapshot": _pick(snapshot, "sha256", "rows", "shards", "manifest_uri", "train_manifest_uri"),
@@ -203,6 +204,7 @@ def build_audit_record(
     training: dict | None = None,
     decision: dict | None = None,
     deployment: dict | None = None,
+    live_alias: dict | None = None,
     written_at: dt.datetime | None = None,
 ) -> dict:
     """The audit document from its sections (see the module docstring)."""
@@ -210,6 +212,7 @@ def build_audit_record(
         "schema_version": SCHEMA_VERSION,
         "written_at": _iso(written_at or dt.datetime.now(dt.UTC)),
         "run": run,
+        "live_alias": live_alias,
         "data": data,
         "training": training,
         "decision": decision,

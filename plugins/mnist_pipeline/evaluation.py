@@ -3,11 +3,11 @@
 - :func:`evaluate_onnx` scores ``model.onnx`` with onnxruntime on the holdout: accuracy,
   per-class accuracy, confusion matrix, and latency per image (single-image runs on one thread,
   as the Lambda handler runs).
-- :func:`find_champion`: the version behind the alias ``live`` → its Approved model package.
-- :func:`gate_decision`: the metric gate, with the numbers in its reasons.
+- :func:`gate_decision`: the metric gate, with the numbers in its reasons; a live alias that is
+  not safe to move (see :func:`mnist_pipeline.lambda_deploy.inspect_live_alias`) fails it.
 - :func:`evaluate_run` does all of it for one run (models fetched and unpacked safely by
-  :func:`mnist_pipeline.artifacts.download_model`) and writes ``evaluation.json`` and
-  ``report.md`` to ``evaluations/<run>/``.
+  :func:`mnist_pipeline.artifacts.download_model`; the champion is what the run's start found
+  behind the alias) and writes ``evaluation.json`` and ``report.md`` to ``evaluations/<run>/``.
 
 onnxruntime is imported inside the functions that run a model.
 """
@@ -23,10 +23,9 @@ from pathlib import Path
 
 import numpy as np
 
-from mnist_pipeline import lake, registry, s3io
+from mnist_pipeline import lake, s3io
 from mnist_pipeline.artifacts import download_model
 from mnist_pipeline.config import PipelineConfig
-from mnist_pipeline.lambda_deploy import get_alias
 
 log = logging.getLogger(__name__)
 
@@ -129,25 +128,6 @@ def evaluate_onnx(
 # --- champion and gate ----------------------------------------------------------------------------
 
 
-def find_champion(lambda_conn, sm, function_name: str, alias: str, package_group: str) -> dict | None:
-    """What serves now: ``{"lambda_version", "model_package_arn", "model_uri"}``, None without alias.
-
-    The champion is the alias's primary version (a leftover canary weight is not the champion).
-    ``model_package_arn``/``model_uri`` are None when no Approved package records that version
-    (e.g. the placeholder the infrastructure deployed).
-    """
-    current = get_alias(lambda_conn, function_name, alias)
-    if current is None:
-        return None
-    version = current["FunctionVersion"]
-    package = registry.find_package_for_lambda_version(sm, package_group, function_name, version)
-    return {
-        "lambda_version": version,
-        "model_package_arn": package["ModelPackageArn"] if package else None,
-        "model_uri": registry.model_data_url(package) if package else None,
-    }
-
-
 def gate_decision(
     accuracy: float,
     *,
@@ -155,8 +135,10 @@ def gate_decision(
     max_regression: float,
     champion_accuracy: float | None = None,
     champion_note: str | None = None,
+    blocked_by: list[str] | tuple[str, ...] = (),
 ) -> dict:
-    """Approve when accuracy >= min_accuracy and, with a champion, >= champion - max_regression.
+    """Approve when accuracy >= min_accuracy and, with a champion, >= champion - max_regression,
+    and nothing (``blocked_by``: why the live alias must not be moved) blocks a deployment.
 
     :return: ``{"approved", "reasons", "accuracy", "min_accuracy", "max_regression",
         "champion_accuracy"}``; every reason states the numbers compared.
@@ -174,8 +156,9 @@ def gate_decision(
             f"accuracy {accuracy:.4f} {'>=' if passes_champion else '<'} champion {champion_accuracy:.4f} "
             f"- max_regression {max_regression:.4f} = {bar:.4f}"
         )
+    reasons += [f"deployment blocked: {problem}" for problem in blocked_by]
     return {
-        "approved": passes_floor and passes_champion,
+        "approved": passes_floor and passes_champion and not blocked_by,
         "reasons": reasons,
         "accuracy": accuracy,
         "min_accuracy": min_accuracy,
@@ -189,8 +172,6 @@ def gate_decision(
 
 def evaluate_run(
     s3,
-    lambda_conn,
-    sm,
     config: PipelineConfig,
     *,
     run_id: str,
@@ -198,35 +179,49 @@ def evaluate_run(
     model_uri: str,
     min_accuracy: float,
     max_regression: float,
+    live: dict | None,
 ) -> dict:
     """Evaluate the run's model and the champion on the holdout, decide, and write the reports.
 
+    :param live: what :func:`mnist_pipeline.lambda_deploy.inspect_live_alias` found behind the alias
+        at the start of the run: the champion, and the problems that block a deployment.
     :return: the evaluation document (also at ``evaluation_uri``) with ``evaluation_uri``,
         ``report_uri`` and ``examples_uri`` (a holdout shard, for the Lambda smoke test) added,
-        and, flat for the DAG's wiring, ``accuracy`` (the candidate's) and ``champion_version``
-        (the version behind the alias now, None without one: what a rollback restores).
+        and, flat for the DAG's wiring, ``accuracy`` and ``model_sha256`` (the candidate's) and
+        ``champion_version`` (the Approved version behind the alias, None without one).
     """
     images, labels, holdout_shards = lake.read_shards(s3, config.bucket, config.holdout_prefix)
-    champion = find_champion(
-        lambda_conn, sm, config.lambda_function, config.lambda_alias, config.model_package_group
-    )
+    live = live or {}
+    alias = live.get("alias") or {}
+    champion = None
+    if alias.get("exists"):
+        champion = {
+            "lambda_version": alias.get("version"),
+            "model_package_arn": live.get("champion_package_arn"),
+            "model_uri": live.get("champion_model_uri"),
+        }
+    problems = list(live.get("problems") or [])
     with tempfile.TemporaryDirectory(prefix="mnist-evaluation-") as workdir:
         candidate = evaluate_onnx(download_model(s3, model_uri, Path(workdir, "candidate")), images, labels)
-        if champion and champion["model_uri"]:
+        if champion and champion["model_uri"] and not problems:
             champion_dir = download_model(s3, champion["model_uri"], Path(workdir, "champion"))
             champion["metrics"] = evaluate_onnx(champion_dir, images, labels)
     champion_note = None
-    if champion and not champion["model_uri"]:
-        champion_note = (
-            f"live version {champion['lambda_version']} has no Approved model package: "
-            "no champion to compare with"
-        )
+    if champion and "metrics" not in champion:
+        if live.get("placeholder"):
+            champion_note = (
+                f"live version {champion['lambda_version']} is the infrastructure's placeholder (no model): "
+                "no champion to compare with"
+            )
+        else:
+            champion_note = f"live version {champion['lambda_version']} is not a champion to compare with"
     gate = gate_decision(
         candidate["accuracy"],
         min_accuracy=min_accuracy,
         max_regression=max_regression,
         champion_accuracy=champion["metrics"]["accuracy"] if champion and "metrics" in champion else None,
         champion_note=champion_note,
+        blocked_by=problems,
     )
     evaluation = {
         "run_id": run_id,
@@ -235,6 +230,7 @@ def evaluate_run(
         "holdout": {"rows": int(len(labels)), "shards": holdout_shards},
         "candidate": candidate,
         "champion": champion,
+        "live_alias": live or None,
         "gate": gate,
     }
     prefix = config.evaluation_prefix(run_id)
@@ -249,7 +245,8 @@ def evaluate_run(
         "report_uri": report_uri,
         "examples_uri": config.s3_uri(holdout_shards[0]["key"]),
         "accuracy": candidate["accuracy"],
-        "champion_version": champion["lambda_version"] if champion else None,
+        "model_sha256": candidate["model_sha256"],
+        "champion_version": live.get("champion_version"),
     }
 
 

@@ -4,8 +4,12 @@ The life of a nightly batch ``data/incoming/batch-NNNN.npz``:
 
 1. :func:`find_new_batches` lists it while no successful run has consumed it.
 2. :func:`check_batches` validates it: accepted, or moved by :func:`quarantine_batch` to
-   ``data/quarantine/<run>/`` with its validation report beside it (copied first and checked,
-   then deleted from incoming: data is never lost).
+   ``data/quarantine/<run>/<batch>.<sha256>.npz`` with its validation report beside it. The move
+   never loses bytes: the copy is made from, and checked against, exactly the bytes that were
+   validated (their ETag), and the incoming object is deleted only if it still is those bytes
+   (a conditional delete); a batch re-uploaded meanwhile stays in incoming for the next run. A
+   file that is not a shard, or is too big or hostile to read (see :mod:`mnist_pipeline.shards`),
+   is quarantined the same way, never crashed on.
 3. :func:`write_snapshot` writes the run's immutable training snapshot: every base shard, every
    batch earlier successful runs consumed, and this run's accepted batches, each with its sha256.
    Beside it, a SageMaker ``ManifestFile`` lists the same keys, so the training job reads exactly
@@ -29,12 +33,14 @@ import logging
 import posixpath
 import re
 from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 
 import numpy as np
+from botocore.exceptions import ClientError
 
 from mnist_pipeline import s3io
 from mnist_pipeline.config import PipelineConfig
-from mnist_pipeline.shards import SHARD_SUFFIX, ShardError, load_shard_bytes, sha256_bytes
+from mnist_pipeline.shards import MAX_SHARD_BYTES, SHARD_SUFFIX, ShardError, load_shard_bytes, sha256_bytes
 
 log = logging.getLogger(__name__)
 
@@ -85,10 +91,47 @@ def find_new_batches(s3, config: PipelineConfig) -> dict:
 
 
 def read_shard_object(s3, bucket: str, key: str, expected_sha256: str | None = None):
-    """Download and parse one shard; returns (images, labels, sha256). Raises ShardError if bad."""
-    data = s3io.get_bytes(s3, bucket, key)
-    images, labels = load_shard_bytes(data, where=f"s3://{bucket}/{key}", expected_sha256=expected_sha256)
+    """Download and parse one shard; returns (images, labels, sha256). Raises ShardError if bad.
+
+    At most :data:`~mnist_pipeline.shards.MAX_SHARD_BYTES` are read, whatever the object's size.
+    """
+    where = f"s3://{bucket}/{key}"
+    try:
+        data = s3io.get_bytes(s3, bucket, key, max_bytes=MAX_SHARD_BYTES)
+    except s3io.ObjectTooLarge:
+        raise ShardError(f"{where}: larger than {MAX_SHARD_BYTES} bytes, the most a shard may be") from None
+    images, labels = load_shard_bytes(data, where=where, expected_sha256=expected_sha256)
     return images, labels, sha256_bytes(data)
+
+
+@dataclass(frozen=True)
+class IncomingBatch:
+    """One incoming object as it was read: its bytes (None when over the shard size limit, which are
+    hashed but not kept), and the identity of exactly those bytes (ETag, size, sha256)."""
+
+    key: str
+    etag: str
+    size: int
+    sha256: str
+    data: bytes | None
+
+
+def fetch_batch(s3, bucket: str, key: str) -> IncomingBatch | None:
+    """Read an incoming object in one GET (memory bounded by the shard size limit); None if gone."""
+    try:
+        response = s3.get_object(Bucket=bucket, Key=key)
+    except ClientError as error:
+        if s3io.is_not_found(error):
+            return None
+        raise
+    digest, kept, size = hashlib.sha256(), [], 0
+    for chunk in s3io.chunks(response["Body"]):
+        digest.update(chunk)
+        size += len(chunk)
+        if size <= MAX_SHARD_BYTES:
+            kept.append(chunk)
+    data = b"".join(kept) if size <= MAX_SHARD_BYTES else None
+    return IncomingBatch(key, response["ETag"], size, digest.hexdigest(), data)
 
 
 def describe_shard(s3, bucket: str, key: str, expected_sha256: str | None = None) -> dict:
@@ -125,79 +168,130 @@ def check_batches(s3, config: PipelineConfig, run_id: str, keys: Iterable[str], 
     :param keys: incoming batch keys, from :func:`find_new_batches`.
     :param check: ``check(images, labels, batch_name) -> report``; the batch is accepted when
         ``report["success"]`` is true. The report (JSON) is stored beside a quarantined batch.
-    :return: ``{"accepted": [{"key", "uri", "sha256", "rows"}], "quarantined": [{"key",
+        It only sees files that parsed as shards; others are quarantined with the parse error.
+    :return: ``{"accepted": [{"key", "uri", "sha256", "rows"}], "quarantined": [{"key", "sha256",
         "quarantine_key", "report_key", "reasons"}]}``.
     """
     accepted, quarantined = [], []
     for key in keys:
         name = posixpath.basename(key).removesuffix(SHARD_SUFFIX)
-        existing = _already_quarantined(s3, config, run_id, key)
-        if existing:
-            quarantined.append(existing)
+        batch = fetch_batch(s3, config.bucket, key)
+        if batch is None:  # a retry: quarantined by an earlier try of this run
+            moved = _already_quarantined(s3, config, run_id, key)
+            if not moved:
+                raise LakeError(
+                    f"batch {config.s3_uri(key)} is neither in incoming nor in "
+                    f"{config.s3_uri(config.run_quarantine_prefix(run_id))}"
+                )
+            quarantined.extend(moved)
             continue
         try:
-            images, labels, sha = read_shard_object(s3, config.bucket, key)
+            if batch.data is None:
+                raise ShardError(
+                    f"{config.s3_uri(key)}: {batch.size} bytes, more than the {MAX_SHARD_BYTES} a shard may be"
+                )
+            images, labels = load_shard_bytes(batch.data, where=config.s3_uri(key))
         except ShardError as error:
             report = {"batch_name": name, "success": False, "error": str(error)}
         else:
             report = check(images, labels, name)
             if report.get("success"):
                 accepted.append(
-                    {"key": key, "uri": config.s3_uri(key), "sha256": sha, "rows": int(len(labels))}
+                    {"key": key, "uri": config.s3_uri(key), "sha256": batch.sha256, "rows": int(len(labels))}
                 )
                 continue
-        quarantined.append(quarantine_batch(s3, config, run_id, key, report))
+        quarantined.append(quarantine_batch(s3, config, run_id, batch, report))
     log.info("accepted %s; quarantined %s", [a["key"] for a in accepted], [q["key"] for q in quarantined])
     return {"accepted": accepted, "quarantined": quarantined}
 
 
-def quarantine_paths(config: PipelineConfig, run_id: str, key: str) -> tuple[str, str]:
-    """(quarantine key, report key) for an incoming batch key."""
-    name = posixpath.basename(key)
-    destination = config.run_quarantine_prefix(run_id) + name
+def quarantine_paths(config: PipelineConfig, run_id: str, key: str, sha256: str) -> tuple[str, str]:
+    """(quarantine key, report key) for the bytes ``sha256`` of an incoming batch key.
+
+    The content's sha256 is in the name, so two different files that arrived under the same
+    batch name never overwrite each other in quarantine.
+    """
+    stem = posixpath.basename(key).removesuffix(SHARD_SUFFIX)
+    destination = f"{config.run_quarantine_prefix(run_id)}{stem}.{sha256}{SHARD_SUFFIX}"
     return destination, destination.removesuffix(SHARD_SUFFIX) + ".report.json"
 
 
-def quarantine_batch(s3, config: PipelineConfig, run_id: str, key: str, report: dict) -> dict:
-    """Move a failed batch to the run's quarantine prefix with its report beside it.
+def quarantine_batch(s3, config: PipelineConfig, run_id: str, batch: IncomingBatch, report: dict) -> dict:
+    """Move a failed batch to the run's quarantine prefix with its report beside it; lose nothing.
 
-    Order matters for "never lose data": the report is written and the copy is made and checked
-    (same size and ETag) before the incoming object is deleted. Re-running after any step
-    finishes the move; a batch already moved is not touched again.
+    The report is written first; the copy is made only from the validated bytes (CopySourceIfMatch
+    their ETag) and checked to hold them (sha256); only then is the incoming object deleted, and
+    only if it still holds them (IfMatch): bytes that arrived under that key meanwhile stay in
+    incoming, to be validated by the next run. Re-running after any step finishes the move.
     """
-    destination, report_key = quarantine_paths(config, run_id, key)
-    source = s3io.head(s3, config.bucket, key)
-    if source is None:
-        if s3io.exists(s3, config.bucket, destination):
-            return _quarantined(config, run_id, key, report)
-        raise LakeError(
-            f"batch {config.s3_uri(key)} is neither in incoming nor in {config.s3_uri(destination)}"
+    bucket, key = config.bucket, batch.key
+    destination, report_key = quarantine_paths(config, run_id, key, batch.sha256)
+    s3io.put_json(
+        s3, bucket, report_key, {"run_id": run_id, "batch": key, "sha256": batch.sha256, "report": report}
+    )
+    try:
+        s3.copy_object(
+            Bucket=bucket,
+            Key=destination,
+            CopySource={"Bucket": bucket, "Key": key},
+            CopySourceIfMatch=batch.etag,
         )
-    s3io.put_json(s3, config.bucket, report_key, {"run_id": run_id, "batch": key, "report": report})
-    s3.copy_object(Bucket=config.bucket, Key=destination, CopySource={"Bucket": config.bucket, "Key": key})
-    copy = s3io.head(s3, config.bucket, destination)
-    if copy is None or (copy["ContentLength"], copy["ETag"]) != (source["ContentLength"], source["ETag"]):
+    except ClientError as error:
+        if error.response["Error"]["Code"] in ("PreconditionFailed", "412"):
+            raise LakeError(
+                f"batch {config.s3_uri(key)} changed while it was being validated; it was left in incoming "
+                "and a retry validates its new bytes"
+            ) from error
+        raise
+    copied = _sha256_of(s3, bucket, destination)
+    if copied != batch.sha256:
+        # Not the validated bytes (a store that ignores CopySourceIfMatch): no copy under their name.
+        s3.delete_object(Bucket=bucket, Key=destination)
         raise LakeError(
-            f"copy of {config.s3_uri(key)} to {config.s3_uri(destination)} does not match the original; "
-            "the batch was left in incoming"
+            f"copy of {config.s3_uri(key)} to {config.s3_uri(destination)} holds sha256 {copied}, not the "
+            f"validated {batch.sha256}; the batch was left in incoming"
         )
-    s3.delete_object(Bucket=config.bucket, Key=key)
+    try:
+        s3.delete_object(Bucket=bucket, Key=key, IfMatch=batch.etag)
+    except ClientError as error:
+        if error.response["Error"]["Code"] not in ("PreconditionFailed", "412", "NoSuchKey", "404"):
+            raise
+        log.warning(
+            "%s was replaced after its old bytes were quarantined; the new bytes stay in incoming", key
+        )
     log.warning("quarantined %s → %s: %s", key, destination, "; ".join(failure_reasons(report)))
-    return _quarantined(config, run_id, key, report)
+    return _quarantined(key, batch.sha256, destination, report_key, report)
 
 
-def _already_quarantined(s3, config: PipelineConfig, run_id: str, key: str) -> dict | None:
-    destination, report_key = quarantine_paths(config, run_id, key)
-    if s3io.exists(s3, config.bucket, key) or not s3io.exists(s3, config.bucket, destination):
-        return None
-    stored = s3io.get_json(s3, config.bucket, report_key, default={"report": {}})
-    return _quarantined(config, run_id, key, stored["report"])
+def _sha256_of(s3, bucket: str, key: str) -> str:
+    digest = hashlib.sha256()
+    for chunk in s3io.chunks(s3.get_object(Bucket=bucket, Key=key)["Body"]):
+        digest.update(chunk)
+    return digest.hexdigest()
 
 
-def _quarantined(config: PipelineConfig, run_id: str, key: str, report: dict) -> dict:
-    destination, report_key = quarantine_paths(config, run_id, key)
+def _already_quarantined(s3, config: PipelineConfig, run_id: str, key: str) -> list[dict]:
+    """What earlier tries of this run quarantined from ``key`` (found by their reports)."""
+    stem = posixpath.basename(key).removesuffix(SHARD_SUFFIX)
+    prefix = f"{config.run_quarantine_prefix(run_id)}{stem}."
+    moved = []
+    for item in s3io.list_keys(s3, config.bucket, prefix):
+        report_key = item["Key"]
+        if not report_key.endswith(".report.json"):
+            continue
+        destination = report_key.removesuffix(".report.json") + SHARD_SUFFIX
+        if not s3io.exists(s3, config.bucket, destination):
+            continue  # the report of a move that never copied: the batch was left in incoming
+        stored = s3io.get_json(s3, config.bucket, report_key)
+        if stored.get("batch") == key:
+            moved.append(_quarantined(key, stored["sha256"], destination, report_key, stored["report"]))
+    return moved
+
+
+def _quarantined(key: str, sha256: str, destination: str, report_key: str, report: dict) -> dict:
     return {
         "key": key,
+        "sha256": sha256,
         "quarantine_key": destination,
         "report_key": report_key,
         "reasons": failure_reasons(report),

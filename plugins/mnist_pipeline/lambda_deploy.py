@@ -5,16 +5,28 @@ Written like the amazon provider's ``operators/lambda_function.py``: thin operat
 Each is idempotent, so a retry or a cleared task never publishes a second version of the same
 code or moves the alias twice:
 
+- :func:`inspect_live_alias`, at the start of a run: where the alias points, whether that is a
+  champion the pipeline deployed (an Approved model package records it), and what makes moving it
+  unsafe (leftover canary weights, a version no Approved package records).
 - :func:`upload_lambda_package` builds the deterministic zip (handler + the job's model.onnx and
-  model_card.json) and puts it in S3 once per content.
+  model_card.json) and puts it in S3 once per content, after checking that model.onnx is the
+  very file the evaluation scored (its sha256).
 - :class:`LambdaPublishVersionOperator` updates ``$LATEST`` only when the zip's CodeSha256
-  differs, and returns the existing version that has that code instead of publishing another.
+  differs, returns the existing version that has that code instead of publishing another, and
+  waits for the version to be Active.
 - :class:`LambdaSmokeTestOperator` invokes a *version* (never the alias) with known holdout digits
-  and a malformed request.
-- :class:`LambdaAliasShiftOperator` moves the alias (canary weight or fully), with RevisionId so a
-  concurrent change is not overwritten, and does nothing when the alias is already there.
-- :class:`LambdaCanaryCheckOperator` invokes the alias N times; every call must succeed.
-- :class:`LambdaAliasRollbackOperator` puts the alias back on the version it had before.
+  and a malformed request, and checks that the version reports the evaluated model's sha256.
+- :class:`LambdaAliasShiftOperator` moves the alias (canary weight or fully), only from the state
+  this run last saw it in (version, weights and RevisionId), and does nothing when it is already
+  there.
+- :class:`LambdaCanaryCheckOperator` invokes the alias until the new version itself has answered
+  enough calls; every call must succeed.
+- :class:`LambdaAliasRollbackOperator` puts the alias back on the version it had at the start of
+  the run, only if it is still where this run left it: a later change (a hotfix, another run) is
+  never reverted.
+
+The invariant they keep together: the alias only ever points at versions that passed the smoke
+test and the canary, and a rollback never reverts a change it did not make.
 
 The function answers as ``lambda_package/handler.py`` does for a direct invoke: an API
 Gateway-style ``{"statusCode", "headers", "body": "<json>"}``.
@@ -24,6 +36,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
@@ -37,7 +50,7 @@ from airflow.providers.amazon.aws.utils.mixins import aws_template_fields
 from airflow.providers.common.compat.sdk import AirflowException
 from botocore.exceptions import ClientError
 
-from mnist_pipeline import s3io
+from mnist_pipeline import registry, s3io
 from mnist_pipeline.artifacts import download_model, source_package_dir
 from mnist_pipeline.config import PipelineConfig
 from mnist_pipeline.lambda_zip import build_lambda_zip, code_sha256
@@ -49,33 +62,58 @@ if TYPE_CHECKING:
 DESCRIPTION_MAX = 256  # Lambda's limit on a version description
 # Wrong length: the handler must answer 4xx, never run the model on it or fail with a 5xx.
 MALFORMED_REQUEST = {"input": [0] * 10}
+# The infrastructure's first version (the handler without a model: nothing serves yet) says so in
+# its description; infra/terraform/lambda.tf sets it. An alias on it is a first deployment.
+PLACEHOLDER_DESCRIPTION = "placeholder: no model deployed yet"
+MAX_CANARY_EXAMPLES = 1000  # distinct digits a canary check sends (then it cycles through them)
 
 
 class DeploymentCheckFailed(AirflowException):
     """A deployed version or alias did not answer as it must; the message says what it answered."""
 
 
+class AliasChangedElsewhere(DeploymentCheckFailed):
+    """The alias is not where this run expected it: someone or something else moved it since."""
+
+
 # --- the deployment package -------------------------------------------------------------------------
 
 
-def upload_lambda_package(s3, config: PipelineConfig, model_uri: str) -> dict:
+def upload_lambda_package(
+    s3, config: PipelineConfig, model_uri: str, expected_model_sha256: str | None = None
+) -> dict:
     """Build the Lambda zip for a job's model.tar.gz and upload it as ``lambda/<sha256>.zip``.
 
     The zip is ``lambda_package/handler.py`` with the job's ``model.onnx`` and
     ``model_card.json``, built reproducibly, so the same model gives the same CodeSha256 and the
     upload happens once.
 
-    :return: ``{"s3_bucket", "s3_key", "code_sha256", "uploaded"}``, the publish operator's inputs.
+    :param expected_model_sha256: the sha256 of the model.onnx the evaluation scored; a different
+        file is refused (the artifact changed since it was evaluated), so the deployed model is the
+        evaluated one.
+    :return: ``{"s3_bucket", "s3_key", "code_sha256", "model_sha256", "uploaded"}``.
     """
     handler = source_package_dir("lambda_package") / "handler.py"
     with tempfile.TemporaryDirectory(prefix="mnist-lambda-") as workdir:
         model_dir = download_model(s3, model_uri, Path(workdir))
+        model_sha256 = hashlib.sha256((model_dir / "model.onnx").read_bytes()).hexdigest()
+        if expected_model_sha256 is not None and model_sha256 != expected_model_sha256:
+            raise DeploymentCheckFailed(
+                f"model.onnx in {model_uri} has sha256 {model_sha256}, but the evaluation scored "
+                f"{expected_model_sha256}: the artifact changed after it was evaluated; not deploying it"
+            )
         data = build_lambda_zip(handler, model_dir / "model.onnx", model_dir / "model_card.json")
     key = config.lambda_zip_key(hashlib.sha256(data).hexdigest())
     uploaded = not s3io.exists(s3, config.bucket, key)
     if uploaded:
         s3io.put_bytes(s3, config.bucket, key, data, "application/zip")
-    return {"s3_bucket": config.bucket, "s3_key": key, "code_sha256": code_sha256(data), "uploaded": uploaded}
+    return {
+        "s3_bucket": config.bucket,
+        "s3_key": key,
+        "code_sha256": code_sha256(data),
+        "model_sha256": model_sha256,
+        "uploaded": uploaded,
+    }
 
 
 # --- helpers shared by the operators ----------------------------------------------------------
@@ -157,6 +195,97 @@ def _revision(response: dict) -> dict:
     return {"RevisionId": response["RevisionId"]} if response.get("RevisionId") else {}
 
 
+def same_state(a: dict, b: dict) -> bool:
+    """Whether two :func:`alias_state` dicts are the same state of the alias, revision included."""
+    return (a["exists"], a["version"], a["weights"], a["revision_id"]) == (
+        b["exists"],
+        b["version"],
+        b["weights"],
+        b["revision_id"],
+    )
+
+
+def describe_state(state: dict) -> str:
+    """An alias state for a person: ``version 3 + {'4': 0.1} (revision 8f2c...)``, or ``absent``."""
+    if not state["exists"]:
+        return "absent"
+    weights = f" + {state['weights']}" if state["weights"] else ""
+    return f"version {state['version']}{weights} (revision {state['revision_id']})"
+
+
+def recorded_state(result: dict | None) -> dict | None:
+    """The alias state an earlier step of the run recorded: a shift's or rollback's ``after``, or
+    the ``alias`` that :func:`inspect_live_alias` found at the start of the run."""
+    if not result:
+        return None
+    return result.get("after") or result.get("alias")
+
+
+def last_recorded_state(ti, task_ids: Sequence[str]) -> dict | None:
+    """The latest state that the tasks ``task_ids`` (in run order) recorded; None when none ran."""
+    found = None
+    for task_id in task_ids:
+        state = recorded_state(ti.xcom_pull(task_ids=task_id))
+        if state is not None:
+            found = state
+    return found
+
+
+def inspect_live_alias(lambda_conn, sm, config: PipelineConfig) -> dict:
+    """Where the alias points at the start of a run, and whether the pipeline may move it.
+
+    The champion is the alias's version when an Approved model package records it. Deploying is
+    unsafe, and ``problems`` says why, when the alias still routes weights to another version (a
+    deployment that did not finish) or points at a version no Approved package records (deployed
+    by hand, or rejected since): such a version is not treated as the champion, and the gate
+    refuses to move the alias away from it until a person has looked. The infrastructure's
+    placeholder version (description starting with :data:`PLACEHOLDER_DESCRIPTION`) serves
+    nothing, so an alias on it is a first deployment.
+
+    :return: ``{"alias": alias_state, "champion_version", "champion_package_arn",
+        "champion_model_uri", "placeholder", "problems"}``.
+    """
+    function, name = config.lambda_function, config.lambda_alias
+    state = alias_state(get_alias(lambda_conn, function, name))
+    found = {
+        "alias": state,
+        "champion_version": None,
+        "champion_package_arn": None,
+        "champion_model_uri": None,
+        "placeholder": False,
+        "problems": [],
+    }
+    if not state["exists"]:
+        return found
+    version, problems = state["version"], found["problems"]
+    if state["weights"]:
+        problems.append(
+            f"alias {name} still routes {state['weights']} beside version {version}: a deployment did not "
+            "finish; point the alias at one version before the next deployment"
+        )
+    if not str(version).isdigit():
+        problems.append(f"alias {name} points at {version}, not a published version")
+        return found
+    package = registry.find_package_for_lambda_version(sm, config.model_package_group, function, version)
+    if package is not None:
+        found.update(
+            champion_version=version,
+            champion_package_arn=package["ModelPackageArn"],
+            champion_model_uri=registry.model_data_url(package),
+        )
+        return found
+    described = lambda_conn.get_function_configuration(FunctionName=function, Qualifier=version)
+    if described.get("Description", "").startswith(PLACEHOLDER_DESCRIPTION):
+        found["placeholder"] = True
+    else:
+        problems.append(
+            f"alias {name} points at version {version}, which no Approved model package in "
+            f"{config.model_package_group} records (deployed by hand, or rejected since): it is not "
+            "treated as the champion, and the pipeline will not move the alias away from it"
+        )
+    return found
+
+
 class _LambdaExamplesMixin:
     """Reads the known digits a check sends, from a holdout shard in S3."""
 
@@ -187,7 +316,8 @@ class LambdaPublishVersionOperator(AwsBaseOperator[LambdaHook]):
 
     ``update_function_code`` runs only when the zip's CodeSha256 differs from ``$LATEST``'s; the
     task waits for ``function_updated_v2``; when a version with that CodeSha256 already exists it
-    is returned and nothing is published.
+    is returned and nothing is published. Either way the task ends only once the version is
+    Active (``published_version_active``), so the smoke test never meets a Pending version.
 
     https://boto3.amazonaws.com/v1/documentation/api/latest/reference/services/lambda/client/publish_version.html
 
@@ -263,17 +393,24 @@ class LambdaPublishVersionOperator(AwsBaseOperator[LambdaHook]):
         existing = self._version_with_code(conn)
         if existing is not None:
             self.log.info("Version %s already has this code; not publishing another.", existing["Version"])
-            return self._result(existing, created=False, code_updated=code_updated)
-        published = conn.publish_version(
+            version, created = existing, False
+        else:
+            version = conn.publish_version(
+                FunctionName=self.function_name,
+                CodeSha256=self.code_sha256,
+                Description=self.description[:DESCRIPTION_MAX],
+                **_revision(latest),
+            )
+            created = True
+            self.log.info(
+                "Published %s version %s: %s", self.function_name, version["Version"], self.description
+            )
+        conn.get_waiter("published_version_active").wait(
             FunctionName=self.function_name,
-            CodeSha256=self.code_sha256,
-            Description=self.description[:DESCRIPTION_MAX],
-            **_revision(latest),
+            Qualifier=version["Version"],
+            WaiterConfig={"Delay": self.waiter_delay, "MaxAttempts": self.waiter_max_attempts},
         )
-        self.log.info(
-            "Published %s version %s: %s", self.function_name, published["Version"], self.description
-        )
-        return self._result(published, created=True, code_updated=code_updated)
+        return self._result(version, created=created, code_updated=code_updated)
 
     def _version_with_code(self, conn) -> dict | None:
         matches = [
@@ -302,8 +439,10 @@ class LambdaSmokeTestOperator(_LambdaExamplesMixin, AwsBaseOperator[LambdaHook])
     """
     Invoke a published version (not an alias) with known holdout digits and with a malformed request.
 
-    Passes when the digits are classified with accuracy >= ``min_accuracy`` and the malformed
-    request gets a 4xx; otherwise fails, saying what the version answered.
+    Passes when the digits are classified with accuracy >= ``min_accuracy``, every answer names
+    ``expected_model_sha256`` as the model it ran (so the version serves the evaluated model, not
+    merely a good one), and the malformed request gets a 4xx; otherwise fails, saying what the
+    version answered.
 
     By default every digit of the shard is sent: with the evaluated holdout, the version must
     then reproduce the accuracy the gate approved, and a failure means it does not serve the
@@ -317,13 +456,15 @@ class LambdaSmokeTestOperator(_LambdaExamplesMixin, AwsBaseOperator[LambdaHook])
     :param examples_uri: An ``.npz`` holdout shard in S3 (``s3://bucket/key``) to take digits from.
     :param num_examples: How many digits to send (evenly spaced over the shard); None: all.
     :param min_accuracy: The fraction of digits the version must classify correctly.
+    :param expected_model_sha256: The sha256 of the evaluated model.onnx, which the handler reports
+        in every answer (``model.model_sha256``); None skips that check.
     :param batch_size: Digits per invocation (the handler's batch form, ``{"inputs": [...]}``).
     :param aws_conn_id: The AWS connection ID to use
     """
 
     aws_hook_class = LambdaHook
     template_fields: Sequence[str] = aws_template_fields(
-        "function_name", "version", "examples_uri", "num_examples", "min_accuracy"
+        "function_name", "version", "examples_uri", "num_examples", "min_accuracy", "expected_model_sha256"
     )
     ui_color = "#ff7300"
 
@@ -335,6 +476,7 @@ class LambdaSmokeTestOperator(_LambdaExamplesMixin, AwsBaseOperator[LambdaHook])
         examples_uri: str,
         num_examples: int | None = None,
         min_accuracy: float = 0.99,
+        expected_model_sha256: str | None = None,
         batch_size: int = 200,
         **kwargs,
     ):
@@ -344,6 +486,7 @@ class LambdaSmokeTestOperator(_LambdaExamplesMixin, AwsBaseOperator[LambdaHook])
         self.examples_uri = examples_uri
         self.num_examples = num_examples
         self.min_accuracy = min_accuracy
+        self.expected_model_sha256 = expected_model_sha256
         self.batch_size = batch_size
 
     def execute(self, context: Context) -> dict:
@@ -363,6 +506,7 @@ class LambdaSmokeTestOperator(_LambdaExamplesMixin, AwsBaseOperator[LambdaHook])
                 raise DeploymentCheckFailed(
                     f"{self.function_name}:{version} answered {status} {json.dumps(body)[:500]} to known digits"
                 )
+            self._check_model(body, version)
             predictions += body["predictions"]
         accuracy = check_accuracy(
             predictions, labels, float(self.min_accuracy), f"{self.function_name}:{version}"
@@ -382,7 +526,26 @@ class LambdaSmokeTestOperator(_LambdaExamplesMixin, AwsBaseOperator[LambdaHook])
             accuracy,
             status,
         )
-        return {"version": version, "examples": len(labels), "accuracy": accuracy, "malformed_status": status}
+        return {
+            "version": version,
+            "examples": len(labels),
+            "accuracy": accuracy,
+            "malformed_status": status,
+            "model_sha256": self.expected_model_sha256,
+        }
+
+    def _check_model(self, body: dict, version: str) -> None:
+        """The answer must come from the evaluated model, run by this version."""
+        model = body.get("model") if isinstance(body.get("model"), dict) else {}
+        if self.expected_model_sha256 and model.get("model_sha256") != self.expected_model_sha256:
+            raise DeploymentCheckFailed(
+                f"{self.function_name}:{version} serves model.onnx sha256 {model.get('model_sha256')}, not the "
+                f"evaluated {self.expected_model_sha256}"
+            )
+        if model.get("version") not in (None, version):
+            raise DeploymentCheckFailed(
+                f"{self.function_name}:{version} reports that version {model.get('version')} answered"
+            )
 
 
 def check_accuracy(predictions: list, labels: list[int], min_accuracy: float, where: str) -> float:
@@ -410,11 +573,13 @@ class LambdaAliasShiftOperator(AwsBaseOperator[LambdaHook]):
     """
     Point an alias at a version: fully, or as a canary that gets ``weight`` of the traffic.
 
-    A canary keeps the alias's current version as primary and routes ``weight`` to ``version``;
-    ``weight=1`` makes ``version`` the primary and clears routing. Updates carry the alias's
-    RevisionId, so a concurrent change fails the task instead of being overwritten. An alias that
-    is already in the target state (or already fully on ``version``) is left alone. A missing
-    alias is created on ``version`` (a first deployment has nothing to canary against).
+    A canary keeps the alias's version as primary and routes ``weight`` to ``version``;
+    ``weight=1`` makes ``version`` the primary and clears routing. The alias is moved only from
+    the state this run last recorded for it (``previous_steps``: version, weights and RevisionId,
+    the update conditioned on that RevisionId), so a change someone else made meanwhile fails the
+    task, naming both states, instead of being built upon. An alias that is already in the target
+    state is left alone (a retry). A missing alias is created on ``version`` (a first deployment
+    has nothing to canary against).
 
     https://boto3.amazonaws.com/v1/documentation/api/latest/reference/services/lambda/client/update_alias.html
 
@@ -422,6 +587,9 @@ class LambdaAliasShiftOperator(AwsBaseOperator[LambdaHook]):
     :param alias: The alias to move, e.g. ``live``.
     :param version: The published version to send traffic to.
     :param weight: The share of traffic for ``version``: 0 < weight < 1 for a canary, 1 for all.
+    :param previous_steps: Task ids, in run order, of the steps before this one that recorded the
+        alias's state (``inspect_live_alias``'s task, an earlier shift); the last one that ran is
+        the state the alias must still be in. Empty: no such check.
     :param aws_conn_id: The AWS connection ID to use
     :return: ``{"function_name", "alias", "version", "weight", "before", "after", "changed"}``,
         where before and after are :func:`alias_state` dicts.
@@ -431,12 +599,22 @@ class LambdaAliasShiftOperator(AwsBaseOperator[LambdaHook]):
     template_fields: Sequence[str] = aws_template_fields("function_name", "alias", "version", "weight")
     ui_color = "#ff7300"
 
-    def __init__(self, *, function_name: str, alias: str, version: str, weight: float = 1.0, **kwargs):
+    def __init__(
+        self,
+        *,
+        function_name: str,
+        alias: str,
+        version: str,
+        weight: float = 1.0,
+        previous_steps: Sequence[str] = (),
+        **kwargs,
+    ):
         super().__init__(**kwargs)
         self.function_name = function_name
         self.alias = alias
         self.version = version
         self.weight = weight
+        self.previous_steps = tuple(previous_steps)
 
     def execute(self, context: Context) -> dict:
         conn, version, weight = self.hook.conn, str(self.version), float(self.weight)
@@ -444,28 +622,31 @@ class LambdaAliasShiftOperator(AwsBaseOperator[LambdaHook]):
             raise ValueError(f"the alias must point at a published version number, not {version!r}")
         if not 0 < weight <= 1:
             raise ValueError(f"weight must be in (0, 1], got {weight}")
+        expected = last_recorded_state(context["ti"], self.previous_steps) if self.previous_steps else None
         current = get_alias(conn, self.function_name, self.alias)
         before = alias_state(current)
-        if current is None:
-            self.log.info(
-                "Alias %s does not exist: creating it on version %s (no canary possible).",
-                self.alias,
-                version,
-            )
-            after = conn.create_alias(
-                FunctionName=self.function_name, Name=self.alias, FunctionVersion=version
-            )
-            return self._result(before, alias_state(after), changed=True)
-
-        if weight >= 1 or before["version"] == version:
+        primary = (expected or before)["version"]
+        # Already fully on the version (a canary step cleared after the promotion): nothing to undo.
+        if weight >= 1 or primary in (None, version) or before["version"] == version:
             target_version, target_weights = version, {}
         else:
-            target_version, target_weights = before["version"], {version: weight}
-        if (before["version"], before["weights"]) == (target_version, target_weights):
+            target_version, target_weights = primary, {version: weight}
+        if before["exists"] and (before["version"], before["weights"]) == (target_version, target_weights):
             self.log.info(
                 "Alias %s is already on %s %s: nothing to do.", self.alias, target_version, target_weights
             )
             return self._result(before, before, changed=False)
+        if expected is not None and not same_state(before, expected):
+            raise AliasChangedElsewhere(
+                f"alias {self.alias} is at {describe_state(before)}, not at {describe_state(expected)} where "
+                f"this run last saw it: it was changed elsewhere since; not moving it to version {version}"
+            )
+        if current is None:
+            self.log.info("Alias %s does not exist: creating it on version %s.", self.alias, version)
+            after = conn.create_alias(
+                FunctionName=self.function_name, Name=self.alias, FunctionVersion=version
+            )
+            return self._result(before, alias_state(after), changed=True)
         after = conn.update_alias(
             FunctionName=self.function_name,
             Name=self.alias,
@@ -474,12 +655,7 @@ class LambdaAliasShiftOperator(AwsBaseOperator[LambdaHook]):
             **_revision(current),
         )
         self.log.info(
-            "Alias %s: %s %s → %s %s.",
-            self.alias,
-            before["version"],
-            before["weights"],
-            target_version,
-            target_weights,
+            "Alias %s: %s → %s %s.", self.alias, describe_state(before), target_version, target_weights
         )
         return self._result(before, alias_state(after), changed=True)
 
@@ -497,113 +673,183 @@ class LambdaAliasShiftOperator(AwsBaseOperator[LambdaHook]):
 
 class LambdaCanaryCheckOperator(_LambdaExamplesMixin, AwsBaseOperator[LambdaHook]):
     """
-    Invoke an alias ``invocations`` times with one known digit each; every call must answer 200.
+    Invoke an alias with known digits until the new version itself has answered enough of them.
 
-    The result counts calls and correct answers per executed version, so the canary's share of
-    the traffic and its answers are on record.
+    Every call must answer 200 with a digit. The check passes only when at least
+    ``min_version_calls`` calls were executed by ``version`` (Invoke's ``ExecutedVersion``): at a
+    10% canary weight, 20 calls miss the new version entirely about one time in eight, and a
+    canary that never ran proves nothing. It makes at least ``invocations`` calls and gives up,
+    failing, after ``max_invocations`` (default: four times the calls the alias's weight for
+    ``version`` should need). The result counts calls and correct answers per executed version.
 
     https://boto3.amazonaws.com/v1/documentation/api/latest/reference/services/lambda/client/invoke.html
 
     :param function_name: The name of the AWS Lambda function.
     :param alias: The alias to invoke, e.g. ``live``.
+    :param version: The new version the canary sends traffic to.
     :param examples_uri: An ``.npz`` holdout shard in S3 (``s3://bucket/key``) to take digits from.
-    :param invocations: How many calls to make.
+    :param invocations: The fewest calls to make.
+    :param min_version_calls: The fewest calls ``version`` must answer.
+    :param max_invocations: The most calls to make; None: from the alias's weight.
     :param aws_conn_id: The AWS connection ID to use
     """
 
     aws_hook_class = LambdaHook
     template_fields: Sequence[str] = aws_template_fields(
-        "function_name", "alias", "examples_uri", "invocations"
+        "function_name", "alias", "version", "examples_uri", "invocations", "min_version_calls"
     )
     ui_color = "#ff7300"
 
-    def __init__(self, *, function_name: str, alias: str, examples_uri: str, invocations: int = 20, **kwargs):
+    def __init__(
+        self,
+        *,
+        function_name: str,
+        alias: str,
+        version: str,
+        examples_uri: str,
+        invocations: int = 20,
+        min_version_calls: int = 5,
+        max_invocations: int | None = None,
+        **kwargs,
+    ):
         super().__init__(**kwargs)
         self.function_name = function_name
         self.alias = alias
+        self.version = version
         self.examples_uri = examples_uri
         self.invocations = invocations
+        self.min_version_calls = min_version_calls
+        self.max_invocations = max_invocations
 
     def execute(self, context: Context) -> dict:
-        # A template field: rendered from "{{ params.canary_invocations }}" it arrives as a string.
-        invocations = int(self.invocations)
-        pixels, labels = self.load_examples(invocations)
+        # Template fields: rendered from "{{ params... }}" they arrive as strings.
+        version, invocations, needed = str(self.version), int(self.invocations), int(self.min_version_calls)
+        limit = self._call_limit(invocations, needed)
+        pixels, labels = self.load_examples(min(limit, MAX_CANARY_EXAMPLES))
         by_version: dict[str, dict[str, int]] = {}
         failures = []
-        for index in range(invocations):
-            image, label = pixels[index % len(pixels)], labels[index % len(labels)]
+        calls = 0
+        while calls < limit and (
+            calls < invocations or by_version.get(version, {}).get("invocations", 0) < needed
+        ):
+            image, label = pixels[calls % len(pixels)], labels[calls % len(labels)]
             status, body, executed = invoke_json(
                 self.hook.conn, self.function_name, self.alias, {"input": image}
             )
             counts = by_version.setdefault(str(executed), {"invocations": 0, "correct": 0})
             counts["invocations"] += 1
             if status != 200 or body.get("prediction") not in range(10):
-                failures.append(f"call {index} (version {executed}): {status} {json.dumps(body)[:200]}")
+                failures.append(f"call {calls} (version {executed}): {status} {json.dumps(body)[:200]}")
             elif body["prediction"] == label:
                 counts["correct"] += 1
+            calls += 1
         if failures:
             raise DeploymentCheckFailed(
-                f"{len(failures)} of {invocations} calls to {self.function_name}:{self.alias} failed: "
+                f"{len(failures)} of {calls} calls to {self.function_name}:{self.alias} failed: "
                 + "; ".join(failures[:5])
             )
-        self.log.info("All %d calls through %s succeeded: %s", invocations, self.alias, by_version)
-        return {"alias": self.alias, "invocations": invocations, "by_version": by_version}
+        answered = by_version.get(version, {}).get("invocations", 0)
+        if answered < needed:
+            raise DeploymentCheckFailed(
+                f"only {answered} of {calls} calls to {self.function_name}:{self.alias} were executed by "
+                f"version {version}, fewer than the {needed} the canary needs: it did not get its traffic "
+                f"(calls per version: {by_version})"
+            )
+        self.log.info(
+            "All %d calls through %s succeeded; version %s answered %d: %s",
+            calls,
+            self.alias,
+            version,
+            answered,
+            by_version,
+        )
+        return {
+            "alias": self.alias,
+            "version": version,
+            "invocations": calls,
+            "version_invocations": answered,
+            "by_version": by_version,
+        }
+
+    def _call_limit(self, invocations: int, needed: int) -> int:
+        if self.max_invocations is not None:
+            return max(int(self.max_invocations), invocations)
+        current = alias_state(get_alias(self.hook.conn, self.function_name, self.alias))
+        share = 1.0 if current["version"] == str(self.version) else current["weights"].get(str(self.version))
+        if not share:
+            raise DeploymentCheckFailed(
+                f"alias {self.alias} sends no traffic to version {self.version} ({describe_state(current)}): "
+                "there is no canary to check"
+            )
+        return max(invocations, math.ceil(4 * needed / share))
 
 
 class LambdaAliasRollbackOperator(AwsBaseOperator[LambdaHook]):
     """
-    Put an alias back on the version it had before the deployment, with no routing.
+    Put an alias back on the version it had at the start of the run, if this run moved it.
 
-    ``version=None`` means the alias did not exist before the deployment: it is deleted. An alias
-    already in that state is left alone, so the rollback can be retried.
+    The alias is restored only when it is still exactly where this run left it (version, weights
+    and RevisionId, as the last of ``left_by`` recorded; the update conditioned on that
+    RevisionId). If it is somewhere else, someone or something changed it since (a hotfix, a
+    newer run, a person) and the task fails, naming both states, instead of reverting that change.
+    An alias already back on the starting version, with no routing, is left alone, so the rollback
+    can be retried or cleared again. When the alias did not exist at the start, it is deleted.
 
     https://boto3.amazonaws.com/v1/documentation/api/latest/reference/services/lambda/client/update_alias.html
 
     :param function_name: The name of the AWS Lambda function.
     :param alias: The alias to restore, e.g. ``live``.
-    :param version: The version the alias had before (``before["version"]`` of the first
-        :class:`LambdaAliasShiftOperator`), or None if it had none.
+    :param start_state: The alias's :func:`alias_state` at the start of the run (from
+        :func:`inspect_live_alias`).
+    :param left_by: Task ids, in run order, of the steps that moved the alias; the last one that
+        ran recorded the state this run left it in.
     :param aws_conn_id: The AWS connection ID to use
     :return: ``{"function_name", "alias", "version", "before", "after", "changed"}``.
     """
 
     aws_hook_class = LambdaHook
-    template_fields: Sequence[str] = aws_template_fields("function_name", "alias", "version")
+    template_fields: Sequence[str] = aws_template_fields("function_name", "alias", "start_state")
     ui_color = "#ff7300"
 
-    def __init__(self, *, function_name: str, alias: str, version: str | None, **kwargs):
+    def __init__(
+        self, *, function_name: str, alias: str, start_state: dict, left_by: Sequence[str] = (), **kwargs
+    ):
         super().__init__(**kwargs)
         self.function_name = function_name
         self.alias = alias
-        self.version = version
+        self.start_state = start_state
+        self.left_by = tuple(left_by)
 
     def execute(self, context: Context) -> dict:
-        conn = self.hook.conn
-        version = None if self.version is None else str(self.version)
-        if version is not None and not version.isdigit():
-            raise ValueError(
-                f"roll back to a published version number or None (no alias before), not {version!r}"
-            )
+        conn, start = self.hook.conn, self.start_state
+        version = start["version"] if start["exists"] else None
         current = get_alias(conn, self.function_name, self.alias)
         before = after = alias_state(current)
-        if version is None and current is not None:
-            self.log.warning("Alias %s did not exist before the deployment: deleting it.", self.alias)
+        left = last_recorded_state(context["ti"], self.left_by)
+        if (before["exists"], before["version"], before["weights"]) == (start["exists"], version, {}) or (
+            not start["exists"] and not before["exists"]
+        ):
+            self.log.info("Alias %s is already as it was at the start of the run (%s).", self.alias, version)
+            return self._result(version, before, after)
+        if left is None:
+            self.log.info(
+                "This run never moved alias %s (%s); nothing to roll back.",
+                self.alias,
+                describe_state(before),
+            )
+            return self._result(version, before, after)
+        if not same_state(before, left):
+            raise AliasChangedElsewhere(
+                f"alias {self.alias} is at {describe_state(before)}, not at {describe_state(left)} where this run "
+                f"left it: it was changed elsewhere since, so it is not rolled back to "
+                f"{describe_state(start) if start['exists'] else 'absent'}; check it by hand"
+            )
+        if version is None:
+            self.log.warning("Alias %s did not exist at the start of the run: deleting it.", self.alias)
             conn.delete_alias(FunctionName=self.function_name, Name=self.alias)
             after = alias_state(None)
-        elif version is not None and current is None:
-            self.log.warning("Alias %s is missing: recreating it on version %s.", self.alias, version)
-            created = conn.create_alias(
-                FunctionName=self.function_name, Name=self.alias, FunctionVersion=version
-            )
-            after = alias_state(created)
-        elif version is not None and (before["version"], before["weights"]) != (version, {}):
-            self.log.warning(
-                "Rolling alias %s back: %s %s → %s.",
-                self.alias,
-                before["version"],
-                before["weights"],
-                version,
-            )
+        else:
+            self.log.warning("Rolling alias %s back: %s → %s.", self.alias, describe_state(before), version)
             updated = conn.update_alias(
                 FunctionName=self.function_name,
                 Name=self.alias,
@@ -612,8 +858,9 @@ class LambdaAliasRollbackOperator(AwsBaseOperator[LambdaHook]):
                 **_revision(current),
             )
             after = alias_state(updated)
-        else:
-            self.log.info("Alias %s is already as it was before the deployment (%s).", self.alias, version)
+        return self._result(version, before, after)
+
+    def _result(self, version: str | None, before: dict, after: dict) -> dict:
         return {
             "function_name": self.function_name,
             "alias": self.alias,

@@ -25,6 +25,7 @@ log = logging.getLogger(__name__)
 
 # Where the tasks that look back at the run find the others' results ("group.task").
 TASK_IDS = {
+    "live_alias": "check_live_alias",
     "discovery": "data.find_new_batches",
     "validation": "data.validate_data",
     "snapshot": "data.snapshot_data",
@@ -250,6 +251,7 @@ def audit_record(ti, dag_run, params: Mapping[str, Any], sm) -> dict:
     )
     return audit.build_audit_record(
         run=audit.run_section(dag_run, params),
+        live_alias=pull(ti, "live_alias"),
         data=audit.data_section(pull(ti, "discovery"), checked, pull(ti, "snapshot")),
         training=audit.training_section(training),
         decision=audit.decision_section(

@@ -40,13 +40,34 @@ def exists(s3, bucket: str, key: str) -> bool:
     return head(s3, bucket, key) is not None
 
 
-def get_bytes(s3, bucket: str, key: str) -> bytes:
+class ObjectTooLarge(ValueError):
+    """An object is larger than its reader accepts; nothing beyond the limit was read."""
+
+
+def get_bytes(s3, bucket: str, key: str, *, max_bytes: int | None = None) -> bytes:
+    """The object's bytes; with ``max_bytes``, ObjectTooLarge is raised instead of reading more."""
     try:
-        return s3.get_object(Bucket=bucket, Key=key)["Body"].read()
+        body = s3.get_object(Bucket=bucket, Key=key)["Body"]
     except ClientError as error:
         if is_not_found(error):
             raise FileNotFoundError(f"s3://{bucket}/{key} does not exist") from error
         raise
+    try:
+        data = body.read() if max_bytes is None else body.read(max_bytes + 1)
+    finally:
+        body.close()
+    if max_bytes is not None and len(data) > max_bytes:
+        raise ObjectTooLarge(f"s3://{bucket}/{key} is larger than {max_bytes} bytes")
+    return data
+
+
+def chunks(body, size: int = 1 << 20) -> Iterator[bytes]:
+    """A GetObject ``Body`` in pieces of at most ``size`` bytes; closed at the end."""
+    try:
+        while chunk := body.read(size):
+            yield chunk
+    finally:
+        body.close()
 
 
 def get_json(s3, bucket: str, key: str, default=FileNotFoundError):

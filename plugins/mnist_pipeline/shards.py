@@ -4,6 +4,12 @@ A shard holds ``images`` (uint8, [N, 28, 28]) and ``labels`` (uint8, [N]); nothi
 identity is the sha256 of the file's bytes, recorded in manifests beside it, so a training snapshot
 names exactly the bytes it trained on. Writes are deterministic: the same arrays give the same
 file and so the same sha256.
+
+Reading never trusts the file: anyone who can write to ``incoming/`` can drop one there. A shard
+is refused with :class:`ShardError` (and so quarantined, not crashed on) when it is over
+:data:`MAX_SHARD_BYTES`, holds other members, or declares more than :data:`MAX_SHARD_ROWS`
+images; each array's header is read and checked before its data is unpacked, so a header
+claiming 10^9 images or a deflate bomb costs nothing.
 """
 
 from __future__ import annotations
@@ -12,12 +18,19 @@ import hashlib
 import io
 import os
 import zipfile
+import zlib
 from pathlib import Path
 
 import numpy as np
 
 IMAGE_SHAPE = (28, 28)
 SHARD_SUFFIX = ".npz"
+# A lake shard holds up to 10,000 images (7.8 MB unpacked); a nightly batch 2,000. These bounds are
+# ten times that and more, and keep one read under ~80 MB of memory whatever the file claims.
+MAX_SHARD_ROWS = 100_000
+MAX_SHARD_BYTES = 64 * 1024 * 1024
+_MEMBERS = {"images.npy": "images", "labels.npy": "labels"}
+_MAX_HEADER_BYTES = 4096
 # Fixed zip timestamp: np.savez would stamp "now" into every member and break byte-for-byte
 # reproducibility (and with it sha256-based idempotency).
 _ZIP_EPOCH = (1980, 1, 1, 0, 0, 0)
@@ -80,7 +93,13 @@ def write_shard(path: str | os.PathLike, images: np.ndarray, labels: np.ndarray)
 
 
 def load_shard_bytes(data: bytes, *, where: str = "shard", expected_sha256: str | None = None):
-    """Parse shard bytes (never unpickling) and verify them; returns (images, labels)."""
+    """Parse shard bytes (never unpickling, never unpacking more than the limits) and verify them.
+
+    :return: (images, labels), writable arrays.
+    :raises ShardError: naming ``where`` and what is wrong.
+    """
+    if len(data) > MAX_SHARD_BYTES:
+        raise ShardError(f"{where}: {len(data)} bytes; a shard is at most {MAX_SHARD_BYTES} bytes")
     if expected_sha256 is not None:
         actual = sha256_bytes(data)
         if actual != expected_sha256:
@@ -88,17 +107,59 @@ def load_shard_bytes(data: bytes, *, where: str = "shard", expected_sha256: str 
                 f"{where}: sha256 is {actual}, expected {expected_sha256}; the file changed or is corrupt"
             )
     try:
-        with np.load(io.BytesIO(data), allow_pickle=False) as npz:
-            missing = {"images", "labels"} - set(npz.files)
+        with zipfile.ZipFile(io.BytesIO(data)) as archive:
+            members = {info.filename: info for info in archive.infolist()}
+            unexpected = sorted(set(members) - set(_MEMBERS))
+            if unexpected:
+                raise ShardError(
+                    f"{where}: unexpected member(s) {unexpected[:5]}; a shard holds images and labels"
+                )
+            missing = sorted(name for member, name in _MEMBERS.items() if member not in members)
             if missing:
-                raise ShardError(f"{where}: missing array(s) {sorted(missing)}; found {sorted(npz.files)}")
-            images, labels = npz["images"], npz["labels"]
-    except (ValueError, OSError, zipfile.BadZipFile) as exc:
+                raise ShardError(f"{where}: missing array(s) {missing}; found {sorted(members)}")
+            images = _read_member(archive, members["images.npy"], where, rank=3)
+            labels = _read_member(archive, members["labels.npy"], where, rank=1)
+    except (zipfile.BadZipFile, zlib.error, EOFError, OSError, ValueError, NotImplementedError) as exc:
         if isinstance(exc, ShardError):
             raise
         raise ShardError(f"{where}: not a readable .npz shard ({exc})") from exc
     check_arrays(images, labels, where=where)
     return images, labels
+
+
+def _read_member(archive: zipfile.ZipFile, info: zipfile.ZipInfo, where: str, rank: int) -> np.ndarray:
+    """One ``.npy`` member: its header checked against the limits before any data is unpacked."""
+    name = info.filename
+    if info.file_size > MAX_SHARD_ROWS * 28 * 28 + _MAX_HEADER_BYTES:
+        raise ShardError(
+            f"{where}: {name} unpacks to {info.file_size} bytes; a shard holds at most {MAX_SHARD_ROWS} images"
+        )
+    with archive.open(info) as member:
+        version = np.lib.format.read_magic(member)
+        if version == (1, 0):
+            shape, fortran_order, dtype = np.lib.format.read_array_header_1_0(member)
+        elif version == (2, 0):
+            shape, fortran_order, dtype = np.lib.format.read_array_header_2_0(member)
+        else:
+            raise ShardError(f"{where}: {name} has .npy format version {version}, expected 1.0 or 2.0")
+        if dtype != np.uint8:
+            raise ShardError(f"{where}: images and labels must be uint8, {name} holds {dtype}")
+        if len(shape) != rank:
+            expected = "[N, 28, 28]" if rank == 3 else "[N]"
+            raise ShardError(f"{where}: {name} must have shape {expected}, got {list(shape)}")
+        if shape[0] > MAX_SHARD_ROWS:
+            raise ShardError(
+                f"{where}: {name} declares {shape[0]} images; a shard holds at most {MAX_SHARD_ROWS} images"
+            )
+        declared = int(np.prod(shape, dtype=np.int64))
+        if declared > MAX_SHARD_ROWS * 28 * 28:
+            raise ShardError(f"{where}: {name} declares shape {list(shape)}, more than a shard may hold")
+        payload = member.read(declared + 1)
+        if len(payload) != declared:
+            size = len(payload) if len(payload) <= declared else len(payload) + len(member.read())
+            raise ShardError(f"{where}: {name} holds {size} bytes of data; its header declares {declared}")
+    array = np.frombuffer(bytearray(payload), dtype=np.uint8)
+    return array.reshape(shape, order="F" if fortran_order else "C")
 
 
 def read_shard(path: str | os.PathLike, expected_sha256: str | None = None):
