@@ -77,6 +77,14 @@ def test_the_request_is_valid_for_the_sagemaker_api():
     assert "EnableManagedSpotTraining" not in config
 
 
+def test_sagemaker_restarts_the_job_itself_after_an_internal_failure():
+    # A lost host (locally: localcloud killed mid-job) is retried by SageMaker under the same name.
+    assert job_config()["RetryStrategy"] == {"MaximumRetryAttempts": 2}
+    assert "RetryStrategy" not in job_config(max_retry_attempts=0)
+    with pytest.raises(ValueError, match="max_retry_attempts must be 0..30"):
+        job_config(max_retry_attempts=31)
+
+
 def test_channels_read_exactly_the_snapshot_manifest_and_the_holdout():
     train, test = job_config()["InputDataConfig"]
     assert train["ChannelName"] == "train"

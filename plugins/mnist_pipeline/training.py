@@ -131,6 +131,7 @@ def build_training_job_config(
     instance_count: int = 1,
     volume_size_gb: int = 30,
     max_runtime_s: int = 3600,
+    max_retry_attempts: int = 2,
     use_spot: bool = False,
     max_wait_s: int | None = None,
     checkpoint_uri: str | None = None,
@@ -155,6 +156,9 @@ def build_training_job_config(
     :param instance_count: instances for the job.
     :param volume_size_gb: the training volume.
     :param max_runtime_s: SageMaker stops the job after this long.
+    :param max_retry_attempts: how often SageMaker itself restarts the job after an internal failure
+        (``RetryStrategy``: a lost host, or localcloud killed mid-job), under the same name; a job
+        that failed for its own reasons (``AlgorithmError``, ``ClientError``) is never retried.
     :param use_spot: managed spot training, with checkpoints, waiting up to ``max_wait_s``.
     :param max_wait_s: spot only: the limit on waiting for capacity plus running, more than
         ``max_runtime_s`` (default twice it).
@@ -178,6 +182,8 @@ def build_training_job_config(
         problems.append(f"instance_count must be >= 1, got {instance_count}")
     if max_runtime_s < 1:
         problems.append(f"max_runtime_s must be >= 1, got {max_runtime_s}")
+    if not 0 <= max_retry_attempts <= 30:
+        problems.append(f"max_retry_attempts must be 0..30 (SageMaker's limit), got {max_retry_attempts}")
     if use_spot:
         max_wait_s = 2 * max_runtime_s if max_wait_s is None else max_wait_s
         if max_wait_s <= max_runtime_s:
@@ -220,6 +226,7 @@ def build_training_job_config(
             "VolumeSizeInGB": volume_size_gb,
         },
         "StoppingCondition": {"MaxRuntimeInSeconds": max_runtime_s},
+        **({"RetryStrategy": {"MaximumRetryAttempts": max_retry_attempts}} if max_retry_attempts else {}),
         "Tags": [{"Key": key, "Value": tag_value(value)} for key, value in sorted((tags or {}).items())],
     }
     if use_spot:
