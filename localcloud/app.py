@@ -18,6 +18,7 @@ from typing import Any
 
 from localcloud import __version__
 from localcloud.apigateway import ApiGatewayBackend, ApiGatewayService
+from localcloud.chaos import FAULTS_PATH, FaultRules
 from localcloud.config import Config
 from localcloud.lambda_ import LambdaBackend, LambdaService
 from localcloud.logs import LogsBackend, LogsService
@@ -45,10 +46,11 @@ class LocalCloud:
 
     def _build_services(self, store: Store) -> None:
         config = self.config
+        self.faults = FaultRules()
         self.s3 = S3Backend(store, config)
         self.logs = LogsBackend(store, config)
         self.sagemaker = SageMakerBackend(store, config, s3=self.s3, logs=self.logs)
-        self.lambda_ = LambdaBackend(store, config, s3=self.s3, logs=self.logs)
+        self.lambda_ = LambdaBackend(store, config, s3=self.s3, logs=self.logs, faults=self.faults)
         self.apigateway = ApiGatewayBackend(store, config, lambda_=self.lambda_)
         self.services = [
             S3Service(self.s3, config),
@@ -84,7 +86,11 @@ class LocalCloud:
         started: list[Backend] = []
         try:
             self._build_services(self.store)
-            router = Router(self.services, {("GET", "/_localcloud/health"): self._health})
+            internal = {("GET", "/_localcloud/health"): self._health}
+            internal.update(
+                {(method, FAULTS_PATH): self.faults.handle for method in ("GET", "POST", "DELETE")}
+            )
+            router = Router(self.services, internal)
             self._server = _bind(host, port, router.dispatch, self.config.region)
             self.endpoint_url = f"http://{_url_host(host)}:{self._server.server_address[1]}"
             for backend in self.backends:

@@ -47,6 +47,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
 
+from localcloud.chaos import FaultRules
 from localcloud.config import Config
 from localcloud.files import UnsafePath, extract_archive, safe_join
 from localcloud.lambda_runtime import (
@@ -56,6 +57,7 @@ from localcloud.lambda_runtime import (
     InvocationResult,
     LambdaRuntime,
     PoolRetired,
+    error_payload,
 )
 from localcloud.logs import LogsBackend
 from localcloud.s3 import S3Backend
@@ -213,8 +215,10 @@ class LambdaBackend(Backend):
         *,
         workers_per_version: int | None = None,
         queue_per_version: int | None = None,
+        faults: FaultRules | None = None,
     ) -> None:
         self.store = store
+        self.faults = faults or FaultRules()
         self.config = config
         self.s3 = s3
         self.logs = logs
@@ -786,6 +790,14 @@ class LambdaBackend(Backend):
             return None
         for _ in range(3):
             version, pool = target.pick()
+            if self.faults.rules:
+                fault = self.faults.match(
+                    "lambda", "Invoke", function_name=name, qualifier=qualifier, version=version
+                )
+                if fault is not None:
+                    return InvocationResult(
+                        error_payload(fault["error_type"], fault["error_message"]), "Unhandled", None, version
+                    )
             try:
                 return pool.invoke(payload or b"{}", target.invoked_arn, client_context=context, tail=tail)
             except PoolRetired:  # replaced between lookup and enqueue: look it up again

@@ -768,3 +768,37 @@ def test_lambda_backend_reads_its_pool_sizes_from_the_environment(tmp_path, monk
             LambdaBackend(store, Config(data_dir=tmp_path), s3=None, logs=None)
     finally:
         store.close()
+
+
+def test_an_injected_fault_fails_only_the_invocations_it_names(localcloud):
+    lam = localcloud.client("lambda")
+    create_function(lam, "faulty")
+    lam.publish_version(FunctionName="faulty")
+    lam.get_waiter("published_version_active").wait(FunctionName="faulty", Qualifier="1", WaiterConfig=FAST)
+    lam.create_alias(FunctionName="faulty", Name="live", FunctionVersion="1")
+    faults = f"{localcloud.endpoint_url}/_localcloud/chaos/faults"
+    rule = {"service": "lambda", "operation": "Invoke", "function_name": "faulty", "qualifier": "live"}
+    request = urllib.request.Request(faults, data=json.dumps([rule]).encode(), method="POST")
+    with urllib.request.urlopen(request) as answer:
+        assert json.load(answer)[0]["error_type"] == "InjectedFault"
+
+    through_alias, payload = invoke(lam, "faulty", {"x": 1}, Qualifier="live")
+    assert through_alias["FunctionError"] == "Unhandled" and through_alias["ExecutedVersion"] == "1"
+    assert payload == {"errorMessage": "fault injected by localcloud", "errorType": "InjectedFault"}
+    direct, payload = invoke(lam, "faulty", {"x": 1}, Qualifier="1")  # another qualifier: not named
+    assert "FunctionError" not in direct and payload["event"] == {"x": 1}
+
+    with urllib.request.urlopen(urllib.request.Request(faults, method="DELETE")) as answer:
+        assert json.load(answer) == []
+    assert "FunctionError" not in invoke(lam, "faulty", {}, Qualifier="live")[0]
+
+
+def test_a_fault_rule_naming_an_unknown_field_is_refused(localcloud):
+    request = urllib.request.Request(
+        f"{localcloud.endpoint_url}/_localcloud/chaos/faults",
+        data=json.dumps({"service": "lambda", "operation": "Invoke", "functoin_name": "x"}).encode(),
+        method="POST",
+    )
+    with pytest.raises(urllib.error.HTTPError) as error:
+        urllib.request.urlopen(request)
+    assert error.value.code == 400 and "functoin_name" in error.value.read().decode()
