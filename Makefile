@@ -9,7 +9,7 @@ STAMP  := $(VENV)/.installed
 PIP_VERSION := 26.3
 PYTEST_ARGS ?=
 
-.PHONY: help install lock data test lint demo bench endpoint feed status down clean
+.PHONY: help install lock data test chaos lint demo bench endpoint feed status down clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -37,6 +37,9 @@ data: $(STAMP)  ## fetch and verify MNIST into .cache/ (needs the package regist
 
 test: $(STAMP)  ## run every test (installs first)
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+chaos: $(STAMP)  ## the fault suite through airflow standalone and localcloud, as make demo starts them
+	$(PY) -m pytest -m chaos $(PYTEST_ARGS)
 
 lint: $(STAMP)  ## ruff
 	$(VENV)/bin/ruff check .

@@ -6,6 +6,7 @@ pytest_plugins = [
     "tests.fixtures.localcloud",
     "tests.fixtures.plugin_aws",
     "tests.fixtures.browser",
+    "tests.fixtures.stack",
     # Last: it points AIRFLOW_HOME at a temporary directory before any test module imports airflow.
     "tests.fixtures.airflow",
 ]

@@ -1,7 +1,7 @@
 """The Airflow UI in a real browser (headless Chromium): log in, trigger mnist_retraining through the
 Params form with changed values, see the run succeed, find it on the MNIST audit page.
 
-Runs ``make demo``'s localcloud and Airflow standalone in a temporary root (a few minutes in all);
+Runs against ``make demo``'s stack in a temporary root (``demo_stack``, shared with the fault suite);
 skips when chromium is not installed. The last page is kept as test-artifacts/browser-audit.png.
 """
 
@@ -64,8 +64,10 @@ def audit_cells(run_id: str) -> str:
     )
 
 
-def test_a_run_triggered_through_the_params_form_succeeds_and_shows_on_the_audit_page(airflow_stack, browser):
-    layout, api = airflow_stack
+def test_a_run_triggered_through_the_params_form_succeeds_and_shows_on_the_audit_page(
+    chromium, demo_stack, browser
+):
+    layout, api = demo_stack.layout, demo_stack.api
     page = browser
     run_id = f"browser-{uuid.uuid4().hex[:8]}"
     try:

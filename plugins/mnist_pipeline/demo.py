@@ -54,7 +54,9 @@ FINISHED = {"success", "failed"}
 # In start order; `down` stops them in reverse (Airflow first: it uses the other two).
 SERVICES = ("postgres", "localcloud", "airflow")
 POSTGRES_USER = "postgres"
-POSTGRES_DATABASE = "airflow"  # created by start_postgres
+# Created by start_postgres. Not "airflow": Airflow masks the parts of its database URL in every log
+# line, and a run named "nightly-airflow-test" would read "nightly-***-test".
+POSTGRES_DATABASE = "airflow_metadata"
 # Inside the user namespace root runs PostgreSQL in: any unprivileged id (it maps back to the caller).
 _NAMESPACE_ID = 65534
 _MAX_SOCKET_PATH = 107  # sun_path, less its terminating NUL
@@ -305,9 +307,14 @@ def airflow_environment(layout: Layout, api_id: str | None, base: Mapping[str, s
             "AIRFLOW_VAR_MNIST_SAGEMAKER_ROLE_ARN": SAGEMAKER_ROLE,
             "AIRFLOW_VAR_MNIST_TRAINING_IMAGE_URI": TRAINING_IMAGE,
             # Read when the DAG is parsed: a job trains for ~100 s here, so check every 30 s, not 60.
-            # Not much less: a reschedule-mode sensor poked again before the scheduler has seen its
-            # previous try end is failed by Airflow 3.3 ("task state changed externally").
+            # Not much less: a reschedule-mode sensor poked again before the scheduler has processed
+            # its previous poke's end is failed by Airflow 3.3 ("task state changed externally",
+            # apache/airflow#71172); the further apart the pokes, the wider that margin.
             "MNIST_TRAINING_POKE_INTERVAL": "30",
+            # After a crash of Airflow itself, the restarted scheduler resets the tasks the dead one
+            # had queued or running once it has missed 30 s of heartbeats, checked every 30 s
+            # (default 300 s): a nightly run then resumes within a minute, not five.
+            "AIRFLOW__SCHEDULER__ORPHANED_TASKS_CHECK_INTERVAL": "30",
         }
     )
     if api_id:
@@ -704,8 +711,8 @@ def start_postgres(layout: Layout) -> None:
                     "PostgreSQL did not accept connections within 60 s; see .run/postgres.log"
                 ) from None
             time.sleep(0.2)
-    if not _psql(layout, "select 1 from pg_database where datname = 'airflow'"):
-        _psql(layout, "create database airflow")
+    if not _psql(layout, "select 1 from pg_database where datname = 'airflow_metadata'"):
+        _psql(layout, "create database airflow_metadata")
     _say(f"PostgreSQL started (Airflow's metadata database; socket in {socket_dir})")
 
 
