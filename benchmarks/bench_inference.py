@@ -18,6 +18,7 @@ fixed number of requests or a time cap, whichever comes first.
 
 from __future__ import annotations
 
+import atexit
 import base64
 import contextlib
 import http.client
@@ -27,6 +28,7 @@ import json
 import multiprocessing
 import os
 import re
+import shutil
 import sys
 import tempfile
 import threading
@@ -171,6 +173,19 @@ def train_quick_model(work_dir: Path) -> Path:
     return job.model_dir
 
 
+_quick_model: Path | None = None
+
+
+def quick_model_dir() -> Path:
+    """The quick model, trained once per benchmark process (the inference and load sections share it)."""
+    global _quick_model
+    if _quick_model is None:
+        work_dir = Path(tempfile.mkdtemp(prefix="bench-model-"))
+        atexit.register(shutil.rmtree, work_dir, ignore_errors=True)
+        _quick_model = train_quick_model(work_dir)
+    return _quick_model
+
+
 @contextlib.contextmanager
 def serve_baseline(model_dir: Path, processes: list | None = None):
     """``benchmarks.baseline_server`` on a free loopback port; yields its POST /mnist URL.
@@ -287,11 +302,8 @@ def run() -> list[Figure]:
     one = json.dumps({"input": mnist.test_images[0].reshape(-1).tolist()})
     batch = json.dumps({"inputs": mnist.test_images[:BATCH_IMAGES].reshape(BATCH_IMAGES, -1).tolist()})
 
-    with (
-        tempfile.TemporaryDirectory(prefix="bench-inference-") as tmp,
-        ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as load,
-    ):
-        model_dir = train_quick_model(Path(tmp))
+    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as load:
+        model_dir = quick_model_dir()
 
         def package_for(build: int | None = None) -> bytes:
             extra = None if build is None else {"build.txt": str(build).encode()}
