@@ -13,8 +13,10 @@ Writes that must happen together go in `with store.transaction():`.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
+import logging
 import os
 import re
 import shutil
@@ -27,6 +29,8 @@ from pathlib import Path
 from typing import Any, BinaryIO
 
 _BLOB_ID = re.compile(r"[0-9a-f]{32}")
+
+logger = logging.getLogger("localcloud")
 
 
 class DataDirInUse(RuntimeError):
@@ -43,14 +47,7 @@ class Store:
         shutil.rmtree(self._tmp, ignore_errors=True)  # leftovers of writes a crash interrupted
         self._tmp.mkdir()
         self._blobs.mkdir(exist_ok=True)
-        self._db = sqlite3.connect(
-            self.data_dir / "localcloud.db", isolation_level=None, check_same_thread=False
-        )
-        self._db.row_factory = sqlite3.Row
-        self._db.execute("PRAGMA journal_mode=WAL")
-        # NORMAL in WAL mode survives a killed process; only a power cut may lose the last commits.
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.execute("PRAGMA busy_timeout=5000")
+        self._db = self._connect()
         self._db.execute(
             "CREATE TABLE IF NOT EXISTS documents (kind TEXT NOT NULL, key TEXT NOT NULL, "
             "doc TEXT NOT NULL, PRIMARY KEY (kind, key)) WITHOUT ROWID"
@@ -59,6 +56,15 @@ class Store:
         # microseconds here, and a single writer is all SQLite allows anyway.
         self._mutex = threading.RLock()
         self._depth = 0
+
+    def _connect(self) -> sqlite3.Connection:
+        db = sqlite3.connect(self.data_dir / "localcloud.db", isolation_level=None, check_same_thread=False)
+        db.row_factory = sqlite3.Row
+        db.execute("PRAGMA journal_mode=WAL")
+        # NORMAL in WAL mode survives a killed process; only a power cut may lose the last commits.
+        db.execute("PRAGMA synchronous=NORMAL")
+        db.execute("PRAGMA busy_timeout=5000")
+        return db
 
     def close(self) -> None:
         with self._mutex:
@@ -69,7 +75,11 @@ class Store:
 
     @contextmanager
     def transaction(self) -> Iterator[Store]:
-        """All store calls inside happen atomically; a nested transaction joins the outer one."""
+        """All store calls inside happen atomically; a nested transaction joins the outer one.
+
+        If the block raises, or the COMMIT itself fails (a full disk, an I/O error), everything is rolled
+        back and the error raised.
+        """
         with self._mutex:
             outer = self._depth == 0
             if outer:
@@ -77,14 +87,25 @@ class Store:
             self._depth += 1
             try:
                 yield self
-            except BaseException:
-                self._depth -= 1
                 if outer:
-                    self._db.execute("ROLLBACK")
+                    self._db.execute("COMMIT")
+            except BaseException:
+                if outer:
+                    self._roll_back()
                 raise
-            self._depth -= 1
-            if outer:
-                self._db.execute("COMMIT")
+            finally:
+                self._depth -= 1
+
+    def _roll_back(self) -> None:
+        try:
+            if self._db.in_transaction:  # SQLite may have rolled back by itself (e.g. SQLITE_FULL)
+                self._db.execute("ROLLBACK")
+        except sqlite3.Error:
+            # A connection stuck inside a transaction would swallow every later write: start afresh.
+            logger.exception("ROLLBACK failed; reopening %s", self.data_dir / "localcloud.db")
+            with contextlib.suppress(sqlite3.Error):
+                self._db.close()
+            self._db = self._connect()
 
     def create_tables(self, schema: str) -> None:
         """Run a service's `CREATE TABLE IF NOT EXISTS ...` script once at start-up."""
