@@ -3,12 +3,22 @@
 Layout of the data dir:
     localcloud.db      SQLite in WAL mode: the `documents` table plus any tables a service creates
     blobs/ab/<id>      immutable blobs (S3 object bodies, parts, archives) named by random ids
-    tmp/               blobs being written; emptied on start, so a crash leaves nothing half-visible
+    tmp/               blobs being written; emptied on open, so a crash leaves nothing half-visible
     <service>/         free-form per-service directories (job dirs, extracted code), see service_dir()
     localcloud.lock    held while a localcloud uses the dir, so two servers never share one
 
 Metadata lives in documents: JSON objects addressed by (kind, key), e.g. ("s3/bucket", "my-bucket").
 Writes that must happen together go in `with store.transaction():`.
+
+Durability rules, which together mean that nothing acknowledged is lost and nothing listed is unreadable
+after a crash (kill -9 included) or a full disk:
+- A blob is written completely (fsync, rename) before the document naming it is committed.
+- A blob is unlinked only after the change that stops naming it is committed: delete_blob() inside a
+  transaction waits for the outermost COMMIT (and is dropped if it rolls back).
+- A failed COMMIT (a full disk, an I/O error) rolls back and raises; the connection is never left
+  inside a transaction that later writes would join and lose.
+- What a crash can leave behind is garbage, never damage: half-written temp files, removed by opening
+  the store.
 """
 
 from __future__ import annotations
@@ -23,7 +33,7 @@ import shutil
 import sqlite3
 import threading
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -56,6 +66,7 @@ class Store:
         # microseconds here, and a single writer is all SQLite allows anyway.
         self._mutex = threading.RLock()
         self._depth = 0
+        self._after_commit: list[Callable[[], None]] = []
 
     def _connect(self) -> sqlite3.Connection:
         db = sqlite3.connect(self.data_dir / "localcloud.db", isolation_level=None, check_same_thread=False)
@@ -78,7 +89,7 @@ class Store:
         """All store calls inside happen atomically; a nested transaction joins the outer one.
 
         If the block raises, or the COMMIT itself fails (a full disk, an I/O error), everything is rolled
-        back and the error raised.
+        back and the error raised. Actions given to after_commit() run once the outermost COMMIT succeeded.
         """
         with self._mutex:
             outer = self._depth == 0
@@ -95,8 +106,20 @@ class Store:
                 raise
             finally:
                 self._depth -= 1
+            if outer:
+                self._run_after_commit()
+
+    def after_commit(self, action: Callable[[], None]) -> None:
+        """Run `action` once the current transaction has committed (at once outside one); never if it
+        rolls back. For what must not happen before the change is durable, such as unlinking a blob."""
+        with self._mutex:
+            if self._depth:
+                self._after_commit.append(action)
+                return
+        action()
 
     def _roll_back(self) -> None:
+        self._after_commit.clear()
         try:
             if self._db.in_transaction:  # SQLite may have rolled back by itself (e.g. SQLITE_FULL)
                 self._db.execute("ROLLBACK")
@@ -106,6 +129,14 @@ class Store:
             with contextlib.suppress(sqlite3.Error):
                 self._db.close()
             self._db = self._connect()
+
+    def _run_after_commit(self) -> None:
+        actions, self._after_commit = self._after_commit, []
+        for action in actions:
+            try:
+                action()
+            except Exception:  # the change is committed; at worst a blob waits for the start-up sweep
+                logger.exception("an action after COMMIT failed")
 
     def create_tables(self, schema: str) -> None:
         """Run a service's `CREATE TABLE IF NOT EXISTS ...` script once at start-up."""
@@ -191,7 +222,13 @@ class Store:
         return open(self.blob_path(blob_id), "rb")
 
     def delete_blob(self, blob_id: str) -> None:
-        self.blob_path(blob_id).unlink(missing_ok=True)
+        """Unlink a blob once the current transaction has committed (at once outside one).
+
+        Call it in the same transaction as the change that stops naming the blob: until that change is
+        durable, a document may still point at it, and after a crash a reader would find it gone.
+        """
+        path = self.blob_path(blob_id)
+        self.after_commit(lambda: path.unlink(missing_ok=True))
 
     def copy_blob(self, blob_id: str) -> str:
         """A new blob with the same bytes: a hard link, since blobs never change once written."""

@@ -8,12 +8,16 @@ writers put and delete objects.
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import sqlite3
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from localcloud.config import Config
+from localcloud.s3 import S3Backend, Upload
 from localcloud.store import Store
 
 REPO = Path(__file__).resolve().parents[1]
@@ -71,3 +75,87 @@ def test_a_failed_commit_rolls_back_and_later_writes_are_durable(tmp_path):
         assert [key for key, _ in reopened.scan("things")] == ["after", "before", "in-a-transaction"]
     finally:
         reopened.close()
+
+
+def test_actions_after_commit_run_only_once_the_outermost_transaction_commits(tmp_path):
+    store = Store(tmp_path)
+    try:
+        ran: list[str] = []
+        store.after_commit(lambda: ran.append("outside"))  # no transaction: at once
+        assert ran == ["outside"]
+        with store.transaction():
+            with store.transaction():
+                store.after_commit(lambda: ran.append("inner"))
+            assert ran == ["outside"]
+        assert ran == ["outside", "inner"]
+        with pytest.raises(RuntimeError), store.transaction():
+            store.after_commit(lambda: ran.append("rolled back"))
+            raise RuntimeError("abort")
+        assert ran == ["outside", "inner"]
+    finally:
+        store.close()
+
+
+@pytest.fixture
+def s3_backend(tmp_path) -> Iterator[S3Backend]:
+    store = Store(tmp_path / "data")
+    backend = S3Backend(store, Config(data_dir=tmp_path / "data", port=0))
+    backend.create_bucket("lake", "us-east-1")
+    yield backend
+    store.close()
+
+
+def _overwrite_by_put(s3: S3Backend) -> None:
+    s3.put_bytes("lake", "kept", b"new")
+
+
+def _overwrite_by_copy(s3: S3Backend) -> None:
+    s3.put_bytes("lake", "other", b"new")
+    s3.copy_object("lake", "other", "lake", "kept", None)
+
+
+def _overwrite_by_multipart(s3: S3Backend) -> None:
+    upload = s3.create_multipart_upload("lake", "kept", {}, None)
+
+    part = s3.upload_part("lake", "kept", upload, 1, Upload(io.BytesIO(b"new"), 3))
+    s3.complete_multipart_upload("lake", "kept", upload, [(1, part["etag"])])
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        lambda s3: s3.delete_object("lake", "kept"),
+        _overwrite_by_put,
+        _overwrite_by_copy,
+        _overwrite_by_multipart,
+    ],
+    ids=["DeleteObject", "PutObject", "CopyObject", "CompleteMultipartUpload"],
+)
+def test_an_object_stays_readable_until_its_replacement_commits(s3_backend, change):
+    """S3 calls inside an enclosing transaction: their unlinks wait for its COMMIT, and its rollback
+    leaves the old object whole (before: the blob was unlinked when the inner block ended)."""
+    s3 = s3_backend
+    s3.put_bytes("lake", "kept", b"acknowledged")
+    with pytest.raises(RuntimeError), s3.store.transaction():
+        change(s3)
+        raise RuntimeError("the enclosing work failed")
+    assert s3.get_bytes("lake", "kept") == b"acknowledged"
+    change(s3)  # and outside a transaction the change is whole too
+    if s3.store.get("s3/object", "lake/kept") is not None:
+        assert s3.get_bytes("lake", "kept") == b"new"
+
+
+def test_parts_stay_readable_until_an_abort_or_bucket_delete_commits(s3_backend):
+
+    s3 = s3_backend
+    upload = s3.create_multipart_upload("lake", "big", {}, None)
+    part = s3.upload_part("lake", "big", upload, 1, Upload(io.BytesIO(b"part one"), 8))
+    for undone in (
+        lambda: s3.abort_multipart_upload("lake", "big", upload),
+        lambda: s3.delete_bucket("lake"),
+    ):
+        with pytest.raises(RuntimeError), s3.store.transaction():
+            undone()
+            raise RuntimeError("the enclosing work failed")
+    s3.complete_multipart_upload("lake", "big", upload, [(1, part["etag"])])
+    assert s3.get_bytes("lake", "big") == b"part one"
