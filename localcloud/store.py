@@ -269,6 +269,7 @@ class BlobWriter:
         self.size += len(data)
 
     def commit(self) -> str:
+        """Make the blob durable and visible under a new id; on failure (ENOSPC, EIO) nothing is left."""
         self.file.flush()
         os.fsync(self.file.fileno())
         self.file.close()
@@ -276,7 +277,11 @@ class BlobWriter:
         target = self._store.blob_path(blob_id)
         target.parent.mkdir(exist_ok=True)
         os.replace(self._temp_path, target)
-        _fsync_dir(target.parent)
+        try:
+            _fsync_dir(target.parent)
+        except BaseException:
+            target.unlink(missing_ok=True)
+            raise
         self._committed = True
         return blob_id
 
@@ -285,7 +290,9 @@ class BlobWriter:
 
     def __exit__(self, *exc_info: object) -> None:
         if not self._committed:
-            self.file.close()
+            # On a full disk close() fails to flush the buffer again, but closes the file all the same.
+            with contextlib.suppress(OSError):
+                self.file.close()
             self._temp_path.unlink(missing_ok=True)
 
 

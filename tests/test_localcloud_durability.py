@@ -10,15 +10,19 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import os
 import sqlite3
+import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from botocore.exceptions import BotoCoreError, ClientError
 
 from localcloud.config import Config
 from localcloud.s3 import S3Backend, Upload
 from localcloud.store import Store
+from tests.fixtures.localcloud import LocalCloudHandle
 
 REPO = Path(__file__).resolve().parents[1]
 MiB = 1024 * 1024
@@ -159,3 +163,97 @@ def test_parts_stay_readable_until_an_abort_or_bucket_delete_commits(s3_backend)
             raise RuntimeError("the enclosing work failed")
     s3.complete_multipart_upload("lake", "big", upload, [(1, part["etag"])])
     assert s3.get_bytes("lake", "big") == b"part one"
+
+
+# --- a full disk -----------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def small_tmpfs(path: Path, size: str) -> Iterator[Path]:
+    path.mkdir(parents=True, exist_ok=True)
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], capture_output=True, text=True
+    )
+    if mounted.returncode != 0:
+        pytest.skip(
+            f"cannot mount a {size} tmpfs here (needs root and mount rights): {mounted.stderr.strip()}"
+        )
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", "-l", str(path)], check=False)
+
+
+def fill(directory: Path) -> Path:
+    """Write a file until the filesystem is full; returns it (delete it to free the space)."""
+    filler = directory / "filler"
+    fd = os.open(filler, os.O_WRONLY | os.O_CREAT)
+    try:
+        for chunk in (b"\xff" * (256 * 1024), b"\xff" * 4096):
+            with contextlib.suppress(OSError):
+                while os.write(fd, chunk):
+                    pass
+    finally:
+        os.close(fd)
+    return filler
+
+
+def test_a_full_disk_fails_writes_cleanly_and_they_work_again_once_space_is_freed(tmp_path):
+    with small_tmpfs(tmp_path / "small", "24m") as disk:
+        data_dir = disk / "data"
+        handle = LocalCloudHandle(data_dir)
+        try:
+            s3 = handle.client("s3")
+            s3.create_bucket(Bucket="lake")
+            acknowledged: dict[str, bytes] = {}
+            for index in range(4):
+                body = os.urandom(256 * 1024)
+                s3.put_object(Bucket="lake", Key=f"before/{index}", Body=body)
+                acknowledged[f"before/{index}"] = body
+            filler = fill(disk)
+
+            refused = 0
+            for index, size in enumerate([1024, 64 * 1024, 1 * MiB, 3 * MiB, 100, 512 * 1024]):
+                key, body = f"while-full/{index}", os.urandom(size)
+                try:
+                    s3.put_object(Bucket="lake", Key=key, Body=body)
+                except ClientError as error:
+                    assert error.response["ResponseMetadata"]["HTTPStatusCode"] == 500
+                    assert error.response["Error"]["Code"] == "InternalError"
+                    assert "No space left on device" in error.response["Error"]["Message"]
+                    refused += 1
+                except BotoCoreError:  # the server refused the body mid-upload and closed the connection
+                    refused += 1
+                else:
+                    acknowledged[key] = body  # a small one may still fit: then it must read back
+            assert refused >= 4, "a full disk should refuse most writes"
+            # A delete on a full disk either commits (the object is gone) or fails leaving it whole.
+            try:
+                s3.delete_objects(Bucket="lake", Delete={"Objects": [{"Key": "before/0"}]})
+                acknowledged.pop("before/0")
+            except ClientError as error:
+                assert error.response["ResponseMetadata"]["HTTPStatusCode"] == 500
+            assert_store_consistent(s3, data_dir, acknowledged)
+            assert list((data_dir / "tmp").iterdir()) == [], "a failed write left a partial blob behind"
+
+            filler.unlink()  # space is back
+            for index in range(3):
+                body = os.urandom(1 * MiB)
+                s3.put_object(Bucket="lake", Key=f"after/{index}", Body=body)
+                acknowledged[f"after/{index}"] = body
+            s3.delete_object(Bucket="lake", Key="before/1")
+            acknowledged.pop("before/1")
+            assert_store_consistent(s3, data_dir, acknowledged)
+
+            handle.restart()
+            assert_store_consistent(handle.client("s3"), data_dir, acknowledged)
+            assert blob_files(data_dir) == referenced_blobs(data_dir)
+        finally:
+            handle.stop()
+
+
+def assert_store_consistent(s3, data_dir: Path, acknowledged: dict[str, bytes]) -> None:
+    listed = [item["Key"] for item in s3.list_objects_v2(Bucket="lake").get("Contents", [])]
+    assert sorted(listed) == sorted(acknowledged), "the listing differs from what was acknowledged"
+    for key in listed:
+        assert s3.get_object(Bucket="lake", Key=key)["Body"].read() == acknowledged[key], key
