@@ -83,6 +83,10 @@ class LocalCloud:
         self.store = Store(self.config.data_dir)
         started: list[Backend] = []
         try:
+            # Safe only here, before any service runs: a writer's new blob has no document until its COMMIT.
+            swept = self.store.sweep_unreferenced_blobs()
+            if swept:
+                logger.info("removed %d blob(s) no document refers to (left by a crash)", swept)
             self._build_services(self.store)
             router = Router(self.services, {("GET", "/_localcloud/health"): self._health})
             self._server = _bind(host, port, router.dispatch, self.config.region)

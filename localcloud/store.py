@@ -17,8 +17,9 @@ after a crash (kill -9 included) or a full disk:
   transaction waits for the outermost COMMIT (and is dropped if it rolls back).
 - A failed COMMIT (a full disk, an I/O error) rolls back and raises; the connection is never left
   inside a transaction that later writes would join and lose.
-- What a crash can leave behind is garbage, never damage: half-written temp files, removed by opening
-  the store.
+- What a crash can leave behind is garbage, never damage: blobs no document names (written but not yet
+  referenced, or no longer referenced but not yet unlinked) are removed by sweep_unreferenced_blobs()
+  at start, and half-written temp files by opening the store.
 """
 
 from __future__ import annotations
@@ -229,6 +230,26 @@ class Store:
         """
         path = self.blob_path(blob_id)
         self.after_commit(lambda: path.unlink(missing_ok=True))
+
+    def sweep_unreferenced_blobs(self) -> int:
+        """Delete the blobs no document names in its "blob" field; returns how many.
+
+        A crash leaves such blobs between writing a blob and committing its document, and between
+        committing a delete and unlinking. Only call it while nothing writes: a concurrent writer's new
+        blob is unreferenced until its COMMIT. LocalCloud.start() runs it before any service starts.
+        """
+        referenced = {
+            row[0]
+            for row in self.query(
+                "SELECT json_extract(doc, '$.blob') FROM documents WHERE json_extract(doc, '$.blob') IS NOT NULL"
+            )
+        }
+        swept = 0
+        for path in self._blobs.glob("*/*"):
+            if _BLOB_ID.fullmatch(path.name) and path.name not in referenced:
+                path.unlink(missing_ok=True)
+                swept += 1
+        return swept
 
     def copy_blob(self, blob_id: str) -> str:
         """A new blob with the same bytes: a hard link, since blobs never change once written."""
