@@ -21,6 +21,7 @@ from localcloud.apigateway import ApiGatewayBackend, ApiGatewayService
 from localcloud.config import Config
 from localcloud.lambda_ import LambdaBackend, LambdaService
 from localcloud.logs import LogsBackend, LogsService
+from localcloud.processes import ProcessGroups
 from localcloud.s3 import S3Backend, S3Service
 from localcloud.sagemaker import SageMakerBackend, SageMakerService
 from localcloud.server import HttpServer, Router, is_loopback
@@ -87,6 +88,8 @@ class LocalCloud:
             swept = self.store.sweep_unreferenced_blobs()
             if swept:
                 logger.info("removed %d blob(s) no document refers to (left by a crash)", swept)
+            # Workers and training jobs a killed localcloud left behind, before any service starts new ones.
+            ProcessGroups(self.store).reap_leftovers()
             self._build_services(self.store)
             router = Router(self.services, {("GET", "/_localcloud/health"): self._health})
             self._server = _bind(host, port, router.dispatch, self.config.region)

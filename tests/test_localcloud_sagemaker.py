@@ -8,6 +8,7 @@ and one fails on a corrupt shard.
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import io
 import json
@@ -25,7 +26,8 @@ from typing import Any
 import pytest
 from botocore.exceptions import ClientError, WaiterError
 
-from localcloud.sagemaker.training import INTERRUPTED, kill_processes_in
+from localcloud.processes import live_members
+from localcloud.sagemaker.training import INTERRUPTED
 from mnist_pipeline.shards import shard_bytes
 from mnist_pipeline.training import pack_source_dir
 from model_code.metric_definitions import METRIC_DEFINITIONS
@@ -501,36 +503,105 @@ def serve(data_dir: Path, port: int) -> subprocess.Popen:
     return server
 
 
+# A training script that starts a process of its own, says who is who, and sleeps (quietly: a script
+# that kept printing would die of the broken pipe by itself once localcloud is gone).
+SPAWNING_TRAIN_PY = """
+import json, os, pathlib, subprocess, sys, time
+
+child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(300)"])
+pids = {"script": os.getpid(), "group": os.getpgrp(), "child": child.pid}
+pathlib.Path(os.environ["SM_MODEL_DIR"], "pids.json").write_text(json.dumps(pids))
+time.sleep(300)
+"""
+# A Lambda function that does the same.
+SPAWNING_FUNCTION = """
+import os, subprocess
+
+def handler(event, context):
+    child = subprocess.Popen(["sleep", "300"])
+    return {"worker": os.getpid(), "group": os.getpgrp(), "child": child.pid}
+"""
+
+
 @pytest.mark.slow
-def test_after_a_crash_the_next_start_fails_the_job_and_ends_its_leftover_processes(tmp_path):
+def test_a_killed_localcloud_leaves_no_worker_or_training_process_behind(tmp_path):
     from localcloud.app import make_client
+    from tests.test_localcloud_lambda import create_function, invoke, make_zip
 
     data_dir, port = tmp_path / "data", free_port()
     endpoint = f"http://127.0.0.1:{port}"
     server = serve(data_dir, port)
+    groups: dict[str, int] = {}
     try:
-        sm, s3 = make_client(endpoint, "sagemaker"), make_client(endpoint, "s3")
+        sm, s3, lam = (make_client(endpoint, name) for name in ("sagemaker", "s3", "lambda"))
+        create_function(lam, "spawner", make_zip({"app.py": SPAWNING_FUNCTION}))
+        _, worker = invoke(lam, "spawner")
+        groups["Lambda worker"] = worker["group"]
         s3.create_bucket(Bucket=BUCKET)
         s3.put_object(Bucket=BUCKET, Key="data/train/part-0.bin", Body=b"\x00")
         s3.put_object(
-            Bucket=BUCKET, Key="code/sourcedir.tar.gz", Body=source_tarball({"train.py": STAND_IN_TRAIN_PY})
+            Bucket=BUCKET, Key="code/spawner.tar.gz", Body=source_tarball({"train.py": SPAWNING_TRAIN_PY})
         )
-        # Quiet: a script that keeps printing would die of the broken pipe by itself.
-        stand_in_job(sm, "orphaned", seconds=120, HyperParameters={"quiet": "true"})
-        pid_file = data_dir / "sagemaker" / "training-jobs" / "orphaned" / "model" / "pid"
-        pid = int(wait_until(lambda: pid_file.exists() and pid_file.read_text(), what="the job to start"))
+        sm.create_training_job(
+            **job_request("orphaned", f"s3://{BUCKET}/code/spawner.tar.gz", STAND_IN_CHANNELS)
+        )
+        pids_file = data_dir / "sagemaker" / "training-jobs" / "orphaned" / "model" / "pids.json"
+        job = json.loads(wait_until(lambda: pids_file.exists() and pids_file.read_text(), what="the job"))
+        groups["training job"] = job["group"]
+        assert job["group"] != job["script"], "the toolkit leads the job's group, the script is in it"
+        for pid in (worker["worker"], worker["child"], job["script"], job["child"]):
+            assert not process_gone(pid)
+
         server.send_signal(signal.SIGKILL)
         server.wait()
-        assert not process_gone(pid), "the job's processes should outlive a killed server"
+        killed_at = time.monotonic()
+
+        def survivors() -> dict[str, list[int]]:
+            alive = {what: [stat.pid for stat in live_members(group)] for what, group in groups.items()}
+            return {what: pids for what, pids in alive.items() if pids}
+
+        while survivors() and time.monotonic() < killed_at + 2:
+            time.sleep(0.01)
+        assert not survivors(), f"still running 2 s after localcloud was SIGKILLed: {survivors()}"
+        print(f"every worker and training process ended {time.monotonic() - killed_at:.3f} s after kill -9")
 
         server = serve(data_dir, port)
         job = sm.describe_training_job(TrainingJobName="orphaned")
         assert (job["TrainingJobStatus"], job["FailureReason"]) == ("Failed", INTERRUPTED)
-        assert wait_until(lambda: process_gone(pid), timeout=10, what="the leftover script to be ended")
+        assert job["SecondaryStatusTransitions"][-1]["Status"] == "Failed"
     finally:
         server.terminate()
         server.wait(timeout=30)
-        kill_processes_in(data_dir)  # if the test failed, nothing it started outlives it
+        for group in groups.values():  # if the test failed, nothing it started outlives it
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(group, signal.SIGKILL)
+
+
+def test_start_never_kills_a_process_only_because_it_runs_in_a_job_directory(localcloud, clients):
+    from localcloud.sagemaker.training import JOB_KIND
+    from localcloud.store import Store
+
+    sm, _, _ = clients
+    stand_in_job(sm, "was-running", seconds=0)
+    sm.get_waiter("training_job_completed_or_stopped").wait(
+        TrainingJobName="was-running", WaiterConfig=FAST_WAITER
+    )
+    localcloud.stop()
+    store = Store(localcloud.data_dir)  # as if localcloud had died while the job ran
+    doc = store.get(JOB_KIND, "was-running")
+    store.put(JOB_KIND, "was-running", {**doc, "status": "InProgress", "secondary": "Training"})
+    store.close()
+    job_dir = localcloud.data_dir / "sagemaker" / "training-jobs" / "was-running"
+    bystander = subprocess.Popen(["sleep", "60"], cwd=job_dir / "code")  # not started by localcloud
+    try:
+        localcloud.restart()
+        job = localcloud.client("sagemaker").describe_training_job(TrainingJobName="was-running")
+        assert (job["TrainingJobStatus"], job["FailureReason"]) == ("Failed", INTERRUPTED)
+        time.sleep(0.2)
+        assert bystander.poll() is None, "a process localcloud did not start was killed for its directory"
+    finally:
+        bystander.kill()
+        bystander.wait()
 
 
 # --- a real model_code job -------------------------------------------------------------------------
