@@ -503,6 +503,146 @@ def serve(data_dir: Path, port: int) -> subprocess.Popen:
     return server
 
 
+# --- RetryStrategy ---------------------------------------------------------------------------------
+
+# Runs long on its first attempt and finishes on the next; the marker file, outside the job directory
+# (which every attempt starts afresh), counts the attempts.
+RETRIED_TRAIN_PY = """
+import argparse, os, pathlib, time
+
+parser = argparse.ArgumentParser()
+parser.add_argument("--marker")
+parser.add_argument("--fail", default="false")
+args = parser.parse_args()
+if args.fail.lower() == "true":
+    raise SystemExit(1)
+marker, model_dir = pathlib.Path(args.marker), pathlib.Path(os.environ["SM_MODEL_DIR"])
+attempt = int(marker.read_text()) + 1 if marker.exists() else 1
+marker.write_text(str(attempt))
+(model_dir / f"from-attempt-{attempt}.txt").write_text("partial")
+(model_dir / "pid").write_text(str(os.getpid()))
+if attempt == 1:
+    time.sleep(300)
+"""
+
+
+def retried_job(sm, s3, name: str, marker: Path, attempts: int, **hyperparameters: str) -> None:
+    s3.put_object(
+        Bucket=BUCKET, Key="code/retried.tar.gz", Body=source_tarball({"train.py": RETRIED_TRAIN_PY})
+    )
+    sm.create_training_job(
+        **job_request(
+            name,
+            f"s3://{BUCKET}/code/retried.tar.gz",
+            STAND_IN_CHANNELS,
+            HyperParameters={"marker": json.dumps(str(marker)), **hyperparameters},
+            RetryStrategy={"MaximumRetryAttempts": attempts},
+        )
+    )
+
+
+def transitions(job: dict) -> list[str]:
+    return [transition["Status"] for transition in job["SecondaryStatusTransitions"]]
+
+
+@pytest.mark.slow
+def test_retry_strategy_restarts_an_interrupted_job_in_place_until_it_completes(
+    localcloud, clients, tmp_path
+):
+    sm, s3, _ = clients
+    marker = tmp_path / "attempts"
+    retried_job(sm, s3, "retried", marker, attempts=2)
+    first = training_pid(localcloud, "retried")
+
+    localcloud.restart()  # an internal failure: the job is restarted, not failed
+    sm = localcloud.client("sagemaker")
+    assert process_gone(first)
+    sm.get_waiter("training_job_completed_or_stopped").wait(
+        TrainingJobName="retried", WaiterConfig=FAST_WAITER
+    )
+    job = sm.describe_training_job(TrainingJobName="retried")
+    assert job["TrainingJobStatus"] == "Completed", job.get("FailureReason")
+    assert job["RetryStrategy"] == {"MaximumRetryAttempts": 2}
+    assert transitions(job) == [
+        "Starting",
+        "Downloading",
+        "Training",
+        "Restarting",
+        "Downloading",
+        "Training",
+        "Uploading",
+        "Completed",
+    ]
+    restarting = job["SecondaryStatusTransitions"][3]
+    assert (
+        restarting["StatusMessage"] == "Restarting the training job after an internal error (attempt 2 of 3)"
+    )
+    assert marker.read_text() == "2"
+    # A fresh job directory: the model holds what the second attempt wrote, nothing of the first.
+    assert set(archive_members(s3, job["ModelArtifacts"]["S3ModelArtifacts"])) == {
+        "from-attempt-2.txt",
+        "pid",
+    }
+    assert [summary["TrainingJobName"] for summary in sm.list_training_jobs()["TrainingJobSummaries"]] == [
+        "retried"
+    ]
+
+
+@pytest.mark.slow
+def test_retry_strategy_fails_the_job_as_interrupted_once_its_attempts_are_used_up(
+    localcloud, clients, tmp_path
+):
+    sm, _, _ = clients
+    stand_in_job(
+        sm,
+        "unlucky",
+        seconds=300,
+        HyperParameters={"quiet": "true"},
+        RetryStrategy={"MaximumRetryAttempts": 1},
+    )
+    first = training_pid(localcloud, "unlucky")
+    localcloud.restart()
+    pid_file = localcloud.data_dir / "sagemaker" / "training-jobs" / "unlucky" / "model" / "pid"
+    second = int(wait_until(lambda: pid_file.exists() and pid_file.read_text(), what="the second attempt"))
+    assert second != first
+    localcloud.restart()
+    job = localcloud.client("sagemaker").describe_training_job(TrainingJobName="unlucky")
+    assert (job["TrainingJobStatus"], job["FailureReason"]) == ("Failed", INTERRUPTED)
+    assert transitions(job).count("Restarting") == 1
+    assert "(attempt 2 of 2)" in job["SecondaryStatusTransitions"][3]["StatusMessage"]
+    assert process_gone(second)
+
+
+@pytest.mark.slow
+def test_retry_strategy_never_retries_a_job_that_failed_for_its_own_reasons(localcloud, clients, tmp_path):
+    sm, s3, _ = clients
+    retried_job(sm, s3, "bad-data", tmp_path / "attempts", attempts=3, fail="true")
+    with pytest.raises(WaiterError):
+        sm.get_waiter("training_job_completed_or_stopped").wait(
+            TrainingJobName="bad-data", WaiterConfig=FAST_WAITER
+        )
+    localcloud.restart()
+    job = localcloud.client("sagemaker").describe_training_job(TrainingJobName="bad-data")
+    assert job["TrainingJobStatus"] == "Failed"
+    assert job["FailureReason"].startswith("AlgorithmError: ExecuteUserScriptError")
+    assert "Restarting" not in transitions(job)
+
+
+@pytest.mark.parametrize(
+    ("attempts", "constraint"), [(0, "greater than or equal to 1"), (31, "less than or equal to 30")]
+)
+def test_retry_strategy_allows_1_to_30_attempts_as_sagemaker_does(localcloud, clients, attempts, constraint):
+    from botocore.config import Config as BotoConfig
+
+    sm = localcloud.client("sagemaker", config=BotoConfig(parameter_validation=False))  # boto3 checks the 1
+    request = job_request("valid-name", STAND_IN_SOURCE, STAND_IN_CHANNELS)
+    with pytest.raises(ClientError) as excinfo:
+        sm.create_training_job(**request, RetryStrategy={"MaximumRetryAttempts": attempts})
+    code, message = error_of(excinfo)
+    assert code == "ValidationException"
+    assert f"Value '{attempts}' at 'retryStrategy.maximumRetryAttempts'" in message and constraint in message
+
+
 # A training script that starts a process of its own, says who is who, and sleeps (quietly: a script
 # that kept printing would die of the broken pipe by itself once localcloud is gone).
 SPAWNING_TRAIN_PY = """
