@@ -691,6 +691,11 @@ def test_a_killed_localcloud_leaves_no_worker_or_training_process_behind(tmp_pat
         assert job["group"] != job["script"], "the toolkit leads the job's group, the script is in it"
         for pid in (worker["worker"], worker["child"], job["script"], job["child"]):
             assert not process_gone(pid)
+        # Queued behind it (one job trains at a time), one that may be retried after a crash.
+        s3.put_object(
+            Bucket=BUCKET, Key="code/sourcedir.tar.gz", Body=source_tarball({"train.py": STAND_IN_TRAIN_PY})
+        )
+        stand_in_job(sm, "retried-after-crash", seconds=0, RetryStrategy={"MaximumRetryAttempts": 1})
 
         server.send_signal(signal.SIGKILL)
         server.wait()
@@ -709,6 +714,13 @@ def test_a_killed_localcloud_leaves_no_worker_or_training_process_behind(tmp_pat
         job = sm.describe_training_job(TrainingJobName="orphaned")
         assert (job["TrainingJobStatus"], job["FailureReason"]) == ("Failed", INTERRUPTED)
         assert job["SecondaryStatusTransitions"][-1]["Status"] == "Failed"
+        sm.get_waiter("training_job_completed_or_stopped").wait(
+            TrainingJobName="retried-after-crash", WaiterConfig=FAST_WAITER
+        )
+        retried = sm.describe_training_job(TrainingJobName="retried-after-crash")
+        assert retried["TrainingJobStatus"] == "Completed"
+        statuses = [transition["Status"] for transition in retried["SecondaryStatusTransitions"]]
+        assert statuses.count("Restarting") == 1 and statuses[-1] == "Completed", statuses
     finally:
         server.terminate()
         server.wait(timeout=30)
