@@ -43,7 +43,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger("localcloud")
 
 GROUP_KIND = "localcloud/process-group"  # key: "<pgid>-<leader start time>"
-# A real-time signal no library uses: it stays blocked in whatever the child starts (masks are
+# A real-time signal, which nothing here uses: it stays blocked in whatever the child starts (masks are
 # inherited), which changes nothing for them; SIGTERM keeps its meaning.
 PARENT_DEATH_SIGNAL = signal.SIGRTMIN + 4
 

@@ -137,3 +137,16 @@ def test_start_reaps_recorded_groups_and_spares_a_reused_pid(tmp_path, started):
         assert store.scan(GROUP_KIND) == []
     finally:
         store.close()
+
+
+def test_localcloud_start_reaps_what_a_killed_predecessor_left_behind(tmp_path, started):
+    from localcloud.app import LocalCloud
+    from localcloud.config import Config
+
+    store = Store(tmp_path / "data")
+    leftover = started(["sleep", "60"])  # a group the previous localcloud recorded, then died without ending
+    ProcessGroups(store).add(leftover, "a Lambda worker")
+    store.close()
+    with LocalCloud(Config(data_dir=tmp_path / "data", port=0)) as cloud:
+        assert leftover.wait(timeout=5) == -signal.SIGKILL
+        assert cloud.store.scan(GROUP_KIND) == []
