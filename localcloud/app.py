@@ -22,6 +22,7 @@ from localcloud.chaos import FAULTS_PATH, FaultRules
 from localcloud.config import Config
 from localcloud.lambda_ import LambdaBackend, LambdaService
 from localcloud.logs import LogsBackend, LogsService
+from localcloud.processes import ProcessGroups
 from localcloud.s3 import S3Backend, S3Service
 from localcloud.sagemaker import SageMakerBackend, SageMakerService
 from localcloud.server import HttpServer, Router, is_loopback
@@ -85,6 +86,12 @@ class LocalCloud:
         self.store = Store(self.config.data_dir)
         started: list[Backend] = []
         try:
+            # Safe only here, before any service runs: a writer's new blob has no document until its COMMIT.
+            swept = self.store.sweep_unreferenced_blobs()
+            if swept:
+                logger.info("removed %d blob(s) no document refers to (left by a crash)", swept)
+            # Workers and training jobs a killed localcloud left behind, before any service starts new ones.
+            ProcessGroups(self.store).reap_leftovers()
             self._build_services(self.store)
             internal = {("GET", "/_localcloud/health"): self._health}
             internal.update(

@@ -60,6 +60,7 @@ from localcloud.lambda_runtime import (
     error_payload,
 )
 from localcloud.logs import LogsBackend
+from localcloud.processes import ProcessGroups
 from localcloud.s3 import S3Backend
 from localcloud.service import Backend, Service, operation, route
 from localcloud.store import Store
@@ -228,6 +229,7 @@ class LambdaBackend(Backend):
         self.runtime = LambdaRuntime(
             logs,
             self.root / "bytecode",
+            ProcessGroups(store),
             workers_per_version=workers_per_version
             or _env_int("LOCALCLOUD_LAMBDA_WORKERS_PER_VERSION", DEFAULT_WORKERS_PER_VERSION, minimum=1),
             queue_per_version=_env_int(

@@ -37,7 +37,6 @@ import math
 import os
 import random
 import select
-import shutil
 import signal
 import socket
 import subprocess
@@ -51,6 +50,7 @@ from http import HTTPStatus
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from localcloud.processes import ProcessGroups, end_group, python_command, signal_group
 from localcloud.wire import Response, ServiceError, json_response
 
 if TYPE_CHECKING:
@@ -105,9 +105,9 @@ RESERVED_ENVIRONMENT = frozenset(
     }
 )
 
-# The kernel kills a worker when the thread that started it ends, even if localcloud is SIGKILLed; all
-# workers are started from the one long-lived launcher thread for this reason.
-_DIE_WITH_PARENT = ["setpriv", "--pdeathsig", "KILL", "--"] if shutil.which("setpriv") else []
+# A worker dies with localcloud, even a SIGKILLed one, and takes its process group with it
+# (localcloud.processes): the kernel signals it when the thread that started it ends, so all workers are
+# started from the one long-lived launcher thread.
 
 
 def _accepted() -> Response:
@@ -228,14 +228,15 @@ class Worker:
         self._out_closed = False
         self._partial = b""
         self._pump: threading.Thread | None = None
+        self._group: str | None = None  # the record of its process group (localcloud.processes)
 
     # --- process -----------------------------------------------------------------------------------
 
     def launch(self) -> None:
         spec = self.pool.spec
         self.server = RuntimeApiServer(self.handle, f"lambda-runtime-{self.id[:8]}")
-        self.process = subprocess.Popen(
-            [*_DIE_WITH_PARENT, sys.executable, "-c", _RUNTIME_CLIENT, spec.handler],
+        process = subprocess.Popen(
+            python_command(_RUNTIME_CLIENT, spec.handler),
             cwd=spec.code_dir,
             env=self.pool.worker_environment(self, self.server.address),
             stdin=subprocess.DEVNULL,
@@ -243,6 +244,16 @@ class Worker:
             stderr=subprocess.STDOUT,
             start_new_session=True,  # its own process group: a kill takes anything it started too
         )
+        try:
+            self._group = self.pool.runtime.processes.add(
+                process, f"Lambda worker of {spec.function_name}:{spec.version}"
+            )
+        except BaseException:  # unrecorded, a killed localcloud's successor could not reap it
+            signal_group(process, signal.SIGKILL)
+            end_group(process)
+            process.stdout.close()
+            raise
+        self.process = process
         os.set_blocking(self.process.stdout.fileno(), False)
         self._pump = threading.Thread(target=self._pump_output, name=f"lambda-out-{self.id[:8]}", daemon=True)
         self._pump.start()
@@ -252,10 +263,8 @@ class Worker:
         self.stopped = True
         if self.server is not None:
             self.server.close()
-        process = self.process
-        if process is not None and process.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(process.pid, signal.SIGKILL)
+        if self.process is not None:
+            signal_group(self.process, signal.SIGKILL)
 
     def join(self, timeout: float) -> None:
         if self._pump is not None:
@@ -297,7 +306,11 @@ class Worker:
         with self._out_lock:
             self._out_closed = True
             self.process.stdout.close()
-        returncode = self.process.wait()
+        returncode = end_group(self.process)  # what the function left running ends with its worker
+        try:
+            self.pool.runtime.processes.remove(self._group)
+        except Exception:  # a full disk: the next start finds the group gone
+            logger.exception("could not forget the process group of Lambda worker %s", self.id)
         if self.server is not None:
             self.server.close()
         self.pool.worker_exited(self, returncode)
@@ -966,9 +979,16 @@ class LambdaRuntime:
     """All function pools of one localcloud, the launcher thread that starts workers, and the log shipper."""
 
     def __init__(
-        self, logs: LogsBackend, bytecode_dir: Path, *, workers_per_version: int, queue_per_version: int
+        self,
+        logs: LogsBackend,
+        bytecode_dir: Path,
+        processes: ProcessGroups,
+        *,
+        workers_per_version: int,
+        queue_per_version: int,
     ) -> None:
         self.shipper = LogShipper(logs)
+        self.processes = processes
         self.bytecode_dir = bytecode_dir
         self.workers_per_version = workers_per_version
         self.queue_per_version = queue_per_version

@@ -318,10 +318,10 @@ class S3Backend(Backend):
                 raise ServiceError(
                     "BucketNotEmpty", "The bucket you tried to delete is not empty", 409, BucketName=name
                 )
-            uploads = [upload_id for upload_id, doc in self.store.scan(UPLOAD_KIND) if doc["bucket"] == name]
+            for upload_id, doc in self.store.scan(UPLOAD_KIND):
+                if doc["bucket"] == name:
+                    self._drop_upload(upload_id)
             self.store.delete(BUCKET_KIND, name)
-        for upload_id in uploads:
-            self._drop_upload(upload_id)
 
     # objects
 
@@ -398,9 +398,9 @@ class S3Backend(Backend):
         self.bucket(bucket)
         with self.store.transaction():
             doc = self.store.get(OBJECT_KIND, f"{bucket}/{key}")
-            self.store.delete(OBJECT_KIND, f"{bucket}/{key}")
-        if doc is not None:
-            self.store.delete_blob(doc["blob"])
+            if doc is not None:
+                self.store.delete(OBJECT_KIND, f"{bucket}/{key}")
+                self.store.delete_blob(doc["blob"])  # unlinked once the delete is committed
 
     def copy_object(
         self, source_bucket: str, source_key: str, bucket: str, key: str, attributes: dict[str, Any] | None
@@ -478,11 +478,11 @@ class S3Backend(Backend):
                 if if_match is not None and (old is None or old["etag"] != _quoted(if_match)):
                     raise _precondition_failed("If-Match")
                 self.store.put(OBJECT_KIND, f"{bucket}/{key}", doc)
+                if old is not None:
+                    self.store.delete_blob(old["blob"])  # unlinked once the new document is committed
         except BaseException:
-            self.store.delete_blob(doc["blob"])
+            self.store.delete_blob(doc["blob"])  # no committed document names it
             raise
-        if old is not None:
-            self.store.delete_blob(old["blob"])
         return doc
 
     # multipart uploads
@@ -540,11 +540,11 @@ class S3Backend(Backend):
                 self.upload(bucket, key, upload_id)
                 old = self.store.get(PART_KIND, part_key)
                 self.store.put(PART_KIND, part_key, doc)
+                if old is not None:
+                    self.store.delete_blob(old["blob"])
         except BaseException:
             self.store.delete_blob(blob)
             raise
-        if old is not None:
-            self.store.delete_blob(old["blob"])
         return doc
 
     def complete_multipart_upload(
@@ -585,7 +585,12 @@ class S3Backend(Backend):
             chosen.append(part)
         with self.store.blob_writer() as writer:
             for part in chosen:
-                with self.store.open_blob(part["blob"]) as source:
+                try:
+                    source = self.store.open_blob(part["blob"])
+                except FileNotFoundError:
+                    self.upload(bucket, key, upload_id)  # NoSuchUpload: aborted or completed meanwhile
+                    raise
+                with source:
                     while chunk := source.read(1 << 20):
                         writer.write(chunk)
             blob = writer.commit()
@@ -600,22 +605,28 @@ class S3Backend(Backend):
             "parts": len(chosen),
             **{name: upload[name] for name in ("content_type", "metadata", "headers")},
         }
-        doc = self._replace_object(bucket, key, doc)
-        self._drop_upload(upload_id)
+        try:
+            with self.store.transaction():
+                # A concurrent Complete or Abort may have won while the parts were being joined.
+                self.upload(bucket, key, upload_id)
+                doc = self._replace_object(bucket, key, doc)
+                self._drop_upload(upload_id)
+        except BaseException:
+            self.store.delete_blob(blob)
+            raise
         return doc
 
     def abort_multipart_upload(self, bucket: str, key: str, upload_id: str) -> None:
-        self.upload(bucket, key, upload_id)
-        self._drop_upload(upload_id)
+        with self.store.transaction():
+            self.upload(bucket, key, upload_id)
+            self._drop_upload(upload_id)
 
     def _drop_upload(self, upload_id: str) -> None:
         with self.store.transaction():
-            parts = self.store.scan(PART_KIND, prefix=f"{upload_id}/")
-            for part_key, _ in parts:
+            for part_key, part in self.store.scan(PART_KIND, prefix=f"{upload_id}/"):
                 self.store.delete(PART_KIND, part_key)
+                self.store.delete_blob(part["blob"])
             self.store.delete(UPLOAD_KIND, upload_id)
-        for _, part in parts:
-            self.store.delete_blob(part["blob"])
 
 
 def _check_key(key: str) -> None:

@@ -3,30 +3,45 @@
 Layout of the data dir:
     localcloud.db      SQLite in WAL mode: the `documents` table plus any tables a service creates
     blobs/ab/<id>      immutable blobs (S3 object bodies, parts, archives) named by random ids
-    tmp/               blobs being written; emptied on start, so a crash leaves nothing half-visible
+    tmp/               blobs being written; emptied on open, so a crash leaves nothing half-visible
     <service>/         free-form per-service directories (job dirs, extracted code), see service_dir()
     localcloud.lock    held while a localcloud uses the dir, so two servers never share one
 
 Metadata lives in documents: JSON objects addressed by (kind, key), e.g. ("s3/bucket", "my-bucket").
 Writes that must happen together go in `with store.transaction():`.
+
+Durability rules, which together mean that nothing acknowledged is lost and nothing listed is unreadable
+after a crash (kill -9 included) or a full disk:
+- A blob is written completely (fsync, rename) before the document naming it is committed.
+- A blob is unlinked only after the change that stops naming it is committed: delete_blob() inside a
+  transaction waits for the outermost COMMIT (and is dropped if it rolls back).
+- A failed COMMIT (a full disk, an I/O error) rolls back and raises; the connection is never left
+  inside a transaction that later writes would join and lose.
+- What a crash can leave behind is garbage, never damage: blobs no document names (written but not yet
+  referenced, or no longer referenced but not yet unlinked) are removed by sweep_unreferenced_blobs()
+  at start, and half-written temp files by opening the store.
 """
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
+import logging
 import os
 import re
 import shutil
 import sqlite3
 import threading
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, BinaryIO
 
 _BLOB_ID = re.compile(r"[0-9a-f]{32}")
+
+logger = logging.getLogger("localcloud")
 
 
 class DataDirInUse(RuntimeError):
@@ -43,14 +58,7 @@ class Store:
         shutil.rmtree(self._tmp, ignore_errors=True)  # leftovers of writes a crash interrupted
         self._tmp.mkdir()
         self._blobs.mkdir(exist_ok=True)
-        self._db = sqlite3.connect(
-            self.data_dir / "localcloud.db", isolation_level=None, check_same_thread=False
-        )
-        self._db.row_factory = sqlite3.Row
-        self._db.execute("PRAGMA journal_mode=WAL")
-        # NORMAL in WAL mode survives a killed process; only a power cut may lose the last commits.
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.execute("PRAGMA busy_timeout=5000")
+        self._db = self._connect()
         self._db.execute(
             "CREATE TABLE IF NOT EXISTS documents (kind TEXT NOT NULL, key TEXT NOT NULL, "
             "doc TEXT NOT NULL, PRIMARY KEY (kind, key)) WITHOUT ROWID"
@@ -59,6 +67,16 @@ class Store:
         # microseconds here, and a single writer is all SQLite allows anyway.
         self._mutex = threading.RLock()
         self._depth = 0
+        self._after_commit: list[Callable[[], None]] = []
+
+    def _connect(self) -> sqlite3.Connection:
+        db = sqlite3.connect(self.data_dir / "localcloud.db", isolation_level=None, check_same_thread=False)
+        db.row_factory = sqlite3.Row
+        db.execute("PRAGMA journal_mode=WAL")
+        # NORMAL in WAL mode survives a killed process; only a power cut may lose the last commits.
+        db.execute("PRAGMA synchronous=NORMAL")
+        db.execute("PRAGMA busy_timeout=5000")
+        return db
 
     def close(self) -> None:
         with self._mutex:
@@ -69,7 +87,11 @@ class Store:
 
     @contextmanager
     def transaction(self) -> Iterator[Store]:
-        """All store calls inside happen atomically; a nested transaction joins the outer one."""
+        """All store calls inside happen atomically; a nested transaction joins the outer one.
+
+        If the block raises, or the COMMIT itself fails (a full disk, an I/O error), everything is rolled
+        back and the error raised. Actions given to after_commit() run once the outermost COMMIT succeeded.
+        """
         with self._mutex:
             outer = self._depth == 0
             if outer:
@@ -77,14 +99,45 @@ class Store:
             self._depth += 1
             try:
                 yield self
-            except BaseException:
-                self._depth -= 1
                 if outer:
-                    self._db.execute("ROLLBACK")
+                    self._db.execute("COMMIT")
+            except BaseException:
+                if outer:
+                    self._roll_back()
                 raise
-            self._depth -= 1
+            finally:
+                self._depth -= 1
             if outer:
-                self._db.execute("COMMIT")
+                self._run_after_commit()
+
+    def after_commit(self, action: Callable[[], None]) -> None:
+        """Run `action` once the current transaction has committed (at once outside one); never if it
+        rolls back. For what must not happen before the change is durable, such as unlinking a blob."""
+        with self._mutex:
+            if self._depth:
+                self._after_commit.append(action)
+                return
+        action()
+
+    def _roll_back(self) -> None:
+        self._after_commit.clear()
+        try:
+            if self._db.in_transaction:  # SQLite may have rolled back by itself (e.g. SQLITE_FULL)
+                self._db.execute("ROLLBACK")
+        except sqlite3.Error:
+            # A connection stuck inside a transaction would swallow every later write: start afresh.
+            logger.exception("ROLLBACK failed; reopening %s", self.data_dir / "localcloud.db")
+            with contextlib.suppress(sqlite3.Error):
+                self._db.close()
+            self._db = self._connect()
+
+    def _run_after_commit(self) -> None:
+        actions, self._after_commit = self._after_commit, []
+        for action in actions:
+            try:
+                action()
+            except Exception:  # the change is committed; at worst a blob waits for the start-up sweep
+                logger.exception("an action after COMMIT failed")
 
     def create_tables(self, schema: str) -> None:
         """Run a service's `CREATE TABLE IF NOT EXISTS ...` script once at start-up."""
@@ -170,7 +223,33 @@ class Store:
         return open(self.blob_path(blob_id), "rb")
 
     def delete_blob(self, blob_id: str) -> None:
-        self.blob_path(blob_id).unlink(missing_ok=True)
+        """Unlink a blob once the current transaction has committed (at once outside one).
+
+        Call it in the same transaction as the change that stops naming the blob: until that change is
+        durable, a document may still point at it, and after a crash a reader would find it gone.
+        """
+        path = self.blob_path(blob_id)
+        self.after_commit(lambda: path.unlink(missing_ok=True))
+
+    def sweep_unreferenced_blobs(self) -> int:
+        """Delete the blobs no document names in its "blob" field; returns how many.
+
+        A crash leaves such blobs between writing a blob and committing its document, and between
+        committing a delete and unlinking. Only call it while nothing writes: a concurrent writer's new
+        blob is unreferenced until its COMMIT. LocalCloud.start() runs it before any service starts.
+        """
+        referenced = {
+            row[0]
+            for row in self.query(
+                "SELECT json_extract(doc, '$.blob') FROM documents WHERE json_extract(doc, '$.blob') IS NOT NULL"
+            )
+        }
+        swept = 0
+        for path in self._blobs.glob("*/*"):
+            if _BLOB_ID.fullmatch(path.name) and path.name not in referenced:
+                path.unlink(missing_ok=True)
+                swept += 1
+        return swept
 
     def copy_blob(self, blob_id: str) -> str:
         """A new blob with the same bytes: a hard link, since blobs never change once written."""
@@ -211,6 +290,7 @@ class BlobWriter:
         self.size += len(data)
 
     def commit(self) -> str:
+        """Make the blob durable and visible under a new id; on failure (ENOSPC, EIO) nothing is left."""
         self.file.flush()
         os.fsync(self.file.fileno())
         self.file.close()
@@ -218,7 +298,11 @@ class BlobWriter:
         target = self._store.blob_path(blob_id)
         target.parent.mkdir(exist_ok=True)
         os.replace(self._temp_path, target)
-        _fsync_dir(target.parent)
+        try:
+            _fsync_dir(target.parent)
+        except BaseException:
+            target.unlink(missing_ok=True)
+            raise
         self._committed = True
         return blob_id
 
@@ -227,7 +311,9 @@ class BlobWriter:
 
     def __exit__(self, *exc_info: object) -> None:
         if not self._committed:
-            self.file.close()
+            # On a full disk close() fails to flush the buffer again, but closes the file all the same.
+            with contextlib.suppress(OSError):
+                self.file.close()
             self._temp_path.unlink(missing_ok=True)
 
 

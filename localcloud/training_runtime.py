@@ -15,25 +15,33 @@ point (``sagemaker-training``, the code inside SageMaker's framework images) wit
 
 The host's Python environment runs the job. ``SM_STUDIO_LOCAL_MODE`` makes the toolkit skip its
 wait for the ``algo-1`` host name, which only resolves inside SageMaker's container network.
+
+The toolkit leads a process group of its own and dies with the process that started it, taking the
+script and whatever the script started with it (localcloud.processes), even if that process is
+SIGKILLed; StopTrainingJob's SIGTERM reaches the whole group as before.
 """
 
 from __future__ import annotations
 
-import contextlib
 import gzip
 import json
 import os
 import shutil
 import signal
 import subprocess
-import sys
 import tarfile
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from localcloud.processes import live_members, python_command, signal_group
+
 HOST = "algo-1"
+# `python -m sagemaker_training.cli.train`, after localcloud.processes' bootstrap.
+_TOOLKIT_TRAIN = (
+    "import runpy; runpy.run_module('sagemaker_training.cli.train', run_name='__main__', alter_sys=True)"
+)
 # DescribeTrainingJob returns at most this much of output/failure as FailureReason.
 FAILURE_REASON_LIMIT = 1024
 
@@ -169,7 +177,8 @@ def start_training(job: JobPaths, *, env: Mapping[str, str] | None = None) -> su
 
     The process's stdout carries the job's log (the toolkit's and the script's, stderr merged in)
     as text lines, ready to stream to CloudWatch Logs. It leads its own process group, so
-    :func:`stop_training` stops the script with it.
+    :func:`stop_training` stops the script with it, and the group is SIGKILLed when the thread that
+    called this ends (keep it alive until the job's process has exited) or its process dies.
 
     :param env: extra environment on top of this process's, e.g. S3_ENDPOINT_URL and AWS
         credentials for an ``s3://`` submit directory, or OMP_NUM_THREADS. A None value removes
@@ -186,7 +195,7 @@ def start_training(job: JobPaths, *, env: Mapping[str, str] | None = None) -> su
     }
     job_env = {name: value for name, value in job_env.items() if value is not None}
     return subprocess.Popen(
-        [sys.executable, "-m", "sagemaker_training.cli.train"],
+        python_command(_TOOLKIT_TRAIN),
         cwd=job.base,
         env=job_env,
         stdin=subprocess.DEVNULL,
@@ -204,12 +213,12 @@ def stop_training(proc: subprocess.Popen, grace_s: float = 10.0) -> int:
 
     Returns the toolkit's exit status.
     """
-    _signal_group(proc, signal.SIGTERM)
+    signal_group(proc, signal.SIGTERM)
     # The script gets SIGTERM too and may need its grace period after the toolkit has gone.
     deadline = time.monotonic() + grace_s
-    while _group_alive(proc) and time.monotonic() < deadline:
+    while live_members(proc.pid) and time.monotonic() < deadline:
         time.sleep(0.05)
-    _signal_group(proc, signal.SIGKILL)
+    signal_group(proc, signal.SIGKILL)
     return proc.wait()
 
 
@@ -247,20 +256,6 @@ def pack_model(job: JobPaths) -> Path:
             elif info.isdir():
                 archive.addfile(info)
     return job.model_archive
-
-
-def _group_alive(proc: subprocess.Popen) -> bool:
-    proc.poll()  # reap the toolkit once it has exited, so it no longer counts
-    try:
-        os.killpg(proc.pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
-
-
-def _signal_group(proc: subprocess.Popen, signum: int) -> None:
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(proc.pid, signum)
 
 
 def _write_json(path: Path, value: object) -> None:

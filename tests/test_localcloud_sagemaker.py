@@ -8,6 +8,7 @@ and one fails on a corrupt shard.
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import io
 import json
@@ -25,7 +26,8 @@ from typing import Any
 import pytest
 from botocore.exceptions import ClientError, WaiterError
 
-from localcloud.sagemaker.training import INTERRUPTED, kill_processes_in
+from localcloud.processes import live_members
+from localcloud.sagemaker.training import INTERRUPTED
 from mnist_pipeline.shards import shard_bytes
 from mnist_pipeline.training import pack_source_dir
 from model_code.metric_definitions import METRIC_DEFINITIONS
@@ -501,36 +503,257 @@ def serve(data_dir: Path, port: int) -> subprocess.Popen:
     return server
 
 
+# --- RetryStrategy ---------------------------------------------------------------------------------
+
+# Runs long on its first attempt and finishes on the next; the marker file, outside the job directory
+# (which every attempt starts afresh), counts the attempts.
+RETRIED_TRAIN_PY = """
+import argparse, os, pathlib, time
+
+parser = argparse.ArgumentParser()
+parser.add_argument("--marker")
+parser.add_argument("--fail", default="false")
+args = parser.parse_args()
+if args.fail.lower() == "true":
+    raise SystemExit(1)
+marker, model_dir = pathlib.Path(args.marker), pathlib.Path(os.environ["SM_MODEL_DIR"])
+attempt = int(marker.read_text()) + 1 if marker.exists() else 1
+marker.write_text(str(attempt))
+(model_dir / f"from-attempt-{attempt}.txt").write_text("partial")
+(model_dir / "pid").write_text(str(os.getpid()))
+if attempt == 1:
+    time.sleep(300)
+"""
+
+
+def retried_job(sm, s3, name: str, marker: Path, attempts: int, **hyperparameters: str) -> None:
+    s3.put_object(
+        Bucket=BUCKET, Key="code/retried.tar.gz", Body=source_tarball({"train.py": RETRIED_TRAIN_PY})
+    )
+    sm.create_training_job(
+        **job_request(
+            name,
+            f"s3://{BUCKET}/code/retried.tar.gz",
+            STAND_IN_CHANNELS,
+            HyperParameters={"marker": json.dumps(str(marker)), **hyperparameters},
+            RetryStrategy={"MaximumRetryAttempts": attempts},
+        )
+    )
+
+
+def transitions(job: dict) -> list[str]:
+    return [transition["Status"] for transition in job["SecondaryStatusTransitions"]]
+
+
 @pytest.mark.slow
-def test_after_a_crash_the_next_start_fails_the_job_and_ends_its_leftover_processes(tmp_path):
+def test_retry_strategy_restarts_an_interrupted_job_in_place_until_it_completes(
+    localcloud, clients, tmp_path
+):
+    sm, s3, _ = clients
+    marker = tmp_path / "attempts"
+    retried_job(sm, s3, "retried", marker, attempts=2)
+    first = training_pid(localcloud, "retried")
+
+    localcloud.restart()  # an internal failure: the job is restarted, not failed
+    sm = localcloud.client("sagemaker")
+    assert process_gone(first)
+    sm.get_waiter("training_job_completed_or_stopped").wait(
+        TrainingJobName="retried", WaiterConfig=FAST_WAITER
+    )
+    job = sm.describe_training_job(TrainingJobName="retried")
+    assert job["TrainingJobStatus"] == "Completed", job.get("FailureReason")
+    assert job["RetryStrategy"] == {"MaximumRetryAttempts": 2}
+    assert transitions(job) == [
+        "Starting",
+        "Downloading",
+        "Training",
+        "Restarting",
+        "Downloading",
+        "Training",
+        "Uploading",
+        "Completed",
+    ]
+    restarting = job["SecondaryStatusTransitions"][3]
+    assert (
+        restarting["StatusMessage"] == "Restarting the training job after an internal error (attempt 2 of 3)"
+    )
+    assert marker.read_text() == "2"
+    # A fresh job directory: the model holds what the second attempt wrote, nothing of the first.
+    assert set(archive_members(s3, job["ModelArtifacts"]["S3ModelArtifacts"])) == {
+        "from-attempt-2.txt",
+        "pid",
+    }
+    assert [summary["TrainingJobName"] for summary in sm.list_training_jobs()["TrainingJobSummaries"]] == [
+        "retried"
+    ]
+
+
+@pytest.mark.slow
+def test_retry_strategy_fails_the_job_as_interrupted_once_its_attempts_are_used_up(
+    localcloud, clients, tmp_path
+):
+    sm, _, _ = clients
+    stand_in_job(
+        sm,
+        "unlucky",
+        seconds=300,
+        HyperParameters={"quiet": "true"},
+        RetryStrategy={"MaximumRetryAttempts": 1},
+    )
+    first = training_pid(localcloud, "unlucky")
+    localcloud.restart()
+    pid_file = localcloud.data_dir / "sagemaker" / "training-jobs" / "unlucky" / "model" / "pid"
+    second = int(wait_until(lambda: pid_file.exists() and pid_file.read_text(), what="the second attempt"))
+    assert second != first
+    localcloud.restart()
+    job = localcloud.client("sagemaker").describe_training_job(TrainingJobName="unlucky")
+    assert (job["TrainingJobStatus"], job["FailureReason"]) == ("Failed", INTERRUPTED)
+    assert transitions(job).count("Restarting") == 1
+    assert "(attempt 2 of 2)" in job["SecondaryStatusTransitions"][3]["StatusMessage"]
+    assert process_gone(second)
+
+
+@pytest.mark.slow
+def test_retry_strategy_never_retries_a_job_that_failed_for_its_own_reasons(localcloud, clients, tmp_path):
+    sm, s3, _ = clients
+    retried_job(sm, s3, "bad-data", tmp_path / "attempts", attempts=3, fail="true")
+    with pytest.raises(WaiterError):
+        sm.get_waiter("training_job_completed_or_stopped").wait(
+            TrainingJobName="bad-data", WaiterConfig=FAST_WAITER
+        )
+    localcloud.restart()
+    job = localcloud.client("sagemaker").describe_training_job(TrainingJobName="bad-data")
+    assert job["TrainingJobStatus"] == "Failed"
+    assert job["FailureReason"].startswith("AlgorithmError: ExecuteUserScriptError")
+    assert "Restarting" not in transitions(job)
+
+
+@pytest.mark.parametrize(
+    ("attempts", "constraint"), [(0, "greater than or equal to 1"), (31, "less than or equal to 30")]
+)
+def test_retry_strategy_allows_1_to_30_attempts_as_sagemaker_does(localcloud, clients, attempts, constraint):
+    from botocore.config import Config as BotoConfig
+
+    sm = localcloud.client("sagemaker", config=BotoConfig(parameter_validation=False))  # boto3 checks the 1
+    request = job_request("valid-name", STAND_IN_SOURCE, STAND_IN_CHANNELS)
+    with pytest.raises(ClientError) as excinfo:
+        sm.create_training_job(**request, RetryStrategy={"MaximumRetryAttempts": attempts})
+    code, message = error_of(excinfo)
+    assert code == "ValidationException"
+    assert f"Value '{attempts}' at 'retryStrategy.maximumRetryAttempts'" in message and constraint in message
+
+
+# A training script that starts a process of its own, says who is who, and sleeps (quietly: a script
+# that kept printing would die of the broken pipe by itself once localcloud is gone).
+SPAWNING_TRAIN_PY = """
+import json, os, pathlib, subprocess, sys, time
+
+child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(300)"])
+pids = {"script": os.getpid(), "group": os.getpgrp(), "child": child.pid}
+pathlib.Path(os.environ["SM_MODEL_DIR"], "pids.json").write_text(json.dumps(pids))
+time.sleep(300)
+"""
+# A Lambda function that does the same.
+SPAWNING_FUNCTION = """
+import os, subprocess
+
+def handler(event, context):
+    child = subprocess.Popen(["sleep", "300"])
+    return {"worker": os.getpid(), "group": os.getpgrp(), "child": child.pid}
+"""
+
+
+@pytest.mark.slow
+def test_a_killed_localcloud_leaves_no_worker_or_training_process_behind(tmp_path):
     from localcloud.app import make_client
+    from tests.test_localcloud_lambda import create_function, invoke, make_zip
 
     data_dir, port = tmp_path / "data", free_port()
     endpoint = f"http://127.0.0.1:{port}"
     server = serve(data_dir, port)
+    groups: dict[str, int] = {}
     try:
-        sm, s3 = make_client(endpoint, "sagemaker"), make_client(endpoint, "s3")
+        sm, s3, lam = (make_client(endpoint, name) for name in ("sagemaker", "s3", "lambda"))
+        create_function(lam, "spawner", make_zip({"app.py": SPAWNING_FUNCTION}))
+        _, worker = invoke(lam, "spawner")
+        groups["Lambda worker"] = worker["group"]
         s3.create_bucket(Bucket=BUCKET)
         s3.put_object(Bucket=BUCKET, Key="data/train/part-0.bin", Body=b"\x00")
         s3.put_object(
+            Bucket=BUCKET, Key="code/spawner.tar.gz", Body=source_tarball({"train.py": SPAWNING_TRAIN_PY})
+        )
+        sm.create_training_job(
+            **job_request("orphaned", f"s3://{BUCKET}/code/spawner.tar.gz", STAND_IN_CHANNELS)
+        )
+        pids_file = data_dir / "sagemaker" / "training-jobs" / "orphaned" / "model" / "pids.json"
+        job = json.loads(wait_until(lambda: pids_file.exists() and pids_file.read_text(), what="the job"))
+        groups["training job"] = job["group"]
+        assert job["group"] != job["script"], "the toolkit leads the job's group, the script is in it"
+        for pid in (worker["worker"], worker["child"], job["script"], job["child"]):
+            assert not process_gone(pid)
+        # Queued behind it (one job trains at a time), one that may be retried after a crash.
+        s3.put_object(
             Bucket=BUCKET, Key="code/sourcedir.tar.gz", Body=source_tarball({"train.py": STAND_IN_TRAIN_PY})
         )
-        # Quiet: a script that keeps printing would die of the broken pipe by itself.
-        stand_in_job(sm, "orphaned", seconds=120, HyperParameters={"quiet": "true"})
-        pid_file = data_dir / "sagemaker" / "training-jobs" / "orphaned" / "model" / "pid"
-        pid = int(wait_until(lambda: pid_file.exists() and pid_file.read_text(), what="the job to start"))
+        stand_in_job(sm, "retried-after-crash", seconds=0, RetryStrategy={"MaximumRetryAttempts": 1})
+
         server.send_signal(signal.SIGKILL)
         server.wait()
-        assert not process_gone(pid), "the job's processes should outlive a killed server"
+        killed_at = time.monotonic()
+
+        def survivors() -> dict[str, list[int]]:
+            alive = {what: [stat.pid for stat in live_members(group)] for what, group in groups.items()}
+            return {what: pids for what, pids in alive.items() if pids}
+
+        while survivors() and time.monotonic() < killed_at + 2:
+            time.sleep(0.01)
+        assert not survivors(), f"still running 2 s after localcloud was SIGKILLed: {survivors()}"
+        print(f"every worker and training process ended {time.monotonic() - killed_at:.3f} s after kill -9")
 
         server = serve(data_dir, port)
         job = sm.describe_training_job(TrainingJobName="orphaned")
         assert (job["TrainingJobStatus"], job["FailureReason"]) == ("Failed", INTERRUPTED)
-        assert wait_until(lambda: process_gone(pid), timeout=10, what="the leftover script to be ended")
+        assert job["SecondaryStatusTransitions"][-1]["Status"] == "Failed"
+        sm.get_waiter("training_job_completed_or_stopped").wait(
+            TrainingJobName="retried-after-crash", WaiterConfig=FAST_WAITER
+        )
+        retried = sm.describe_training_job(TrainingJobName="retried-after-crash")
+        assert retried["TrainingJobStatus"] == "Completed"
+        statuses = [transition["Status"] for transition in retried["SecondaryStatusTransitions"]]
+        assert statuses.count("Restarting") == 1 and statuses[-1] == "Completed", statuses
     finally:
         server.terminate()
         server.wait(timeout=30)
-        kill_processes_in(data_dir)  # if the test failed, nothing it started outlives it
+        for group in groups.values():  # if the test failed, nothing it started outlives it
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(group, signal.SIGKILL)
+
+
+def test_start_never_kills_a_process_only_because_it_runs_in_a_job_directory(localcloud, clients):
+    from localcloud.sagemaker.training import JOB_KIND
+    from localcloud.store import Store
+
+    sm, _, _ = clients
+    stand_in_job(sm, "was-running", seconds=0)
+    sm.get_waiter("training_job_completed_or_stopped").wait(
+        TrainingJobName="was-running", WaiterConfig=FAST_WAITER
+    )
+    localcloud.stop()
+    store = Store(localcloud.data_dir)  # as if localcloud had died while the job ran
+    doc = store.get(JOB_KIND, "was-running")
+    store.put(JOB_KIND, "was-running", {**doc, "status": "InProgress", "secondary": "Training"})
+    store.close()
+    job_dir = localcloud.data_dir / "sagemaker" / "training-jobs" / "was-running"
+    bystander = subprocess.Popen(["sleep", "60"], cwd=job_dir / "code")  # not started by localcloud
+    try:
+        localcloud.restart()
+        job = localcloud.client("sagemaker").describe_training_job(TrainingJobName="was-running")
+        assert (job["TrainingJobStatus"], job["FailureReason"]) == ("Failed", INTERRUPTED)
+        time.sleep(0.2)
+        assert bystander.poll() is None, "a process localcloud did not start was killed for its directory"
+    finally:
+        bystander.kill()
+        bystander.wait()
 
 
 # --- a real model_code job -------------------------------------------------------------------------

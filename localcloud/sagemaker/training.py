@@ -14,9 +14,16 @@ CreateTrainingJob stores the job (InProgress/Starting) and starts one runner thr
 
 StopTrainingJob, MaxRuntimeInSeconds and (spot) MaxWaitTimeInSeconds stop the whole process tree:
 SIGTERM, then SIGKILL after a grace period, as SageMaker does. Whatever the model dir holds by then is
-still uploaded. Every state change is written to the store at once; a job that was running when
-localcloud stopped (or died) is Failed with INTERRUPTED on the next start, as after a host failure,
-and processes a killed localcloud left behind are ended.
+still uploaded. Every state change is written to the store at once.
+
+A job's processes never outlive localcloud (localcloud.processes): the runner thread that starts the
+toolkit lives until the toolkit's whole process group has ended, the group is SIGKILLed when localcloud
+dies, and it is recorded until it ends, so the next start reaps whatever escaped. A job that was running
+when localcloud stopped (or died) is, on the next start, Failed with INTERRUPTED as after a host
+failure, unless its RetryStrategy has attempts left: SageMaker retries a job that failed for an internal
+reason, and so the job restarts in place under the same name ("Restarting ... (attempt 2 of 3)" in its
+SecondaryStatusTransitions), with a fresh job directory and its checkpoints restored. A job that failed
+for its own reasons (AlgorithmError, ClientError) is never retried.
 
 The host's Python environment runs the job: TrainingImage is recorded, never pulled. The job sees
 AWS_ENDPOINT_URL/S3_ENDPOINT_URL pointing at localcloud and dummy credentials (the host's AWS
@@ -28,7 +35,6 @@ with nvidia-smi and sets SM_NUM_GPUS).
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import os
@@ -45,6 +51,7 @@ from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any
 
 from localcloud.files import UnsafePath, safe_join
+from localcloud.processes import ProcessGroups, end_group, leader_exited, signal_group
 from localcloud.sagemaker.common import (
     ROLE_ARN_PATTERN,
     SORT_ORDERS,
@@ -85,6 +92,7 @@ JOB_KIND = "sagemaker/training-job"  # key: the job name in lower case (names ar
 LOG_GROUP = "/aws/sagemaker/TrainingJobs"
 HOST = "algo-1"
 INTERRUPTED = "interrupted: localcloud stopped while the job was running"
+MAX_RETRY_ATTEMPTS = 30  # RetryStrategy.MaximumRetryAttempts: 1..30, as on SageMaker
 DEFAULT_MAX_RUNTIME_S = 86_400  # SageMaker's default when StoppingCondition is left out
 ACTIVE_STATUSES = ("InProgress", "Stopping")
 JOB_STATUSES = ("InProgress", "Completed", "Failed", "Stopping", "Stopped", "Deleting")
@@ -158,6 +166,7 @@ class TrainingJobs:
         self.stop_grace_s = stop_grace_s
         self.endpoint_url = ""
         self.jobs_dir = store.service_dir("sagemaker") / "training-jobs"
+        self.processes = ProcessGroups(store)
         self._runs: dict[str, JobRun] = {}
         self._runs_lock = threading.Lock()
         self._slots = threading.Condition()
@@ -167,19 +176,46 @@ class TrainingJobs:
     # --- lifecycle ---------------------------------------------------------------------------------
 
     def start(self, endpoint_url: str) -> None:
-        """Fail the jobs a previous localcloud left running (and end their leftover processes)."""
+        """Restart, or fail, the jobs a previous localcloud left running.
+
+        Their processes are gone by now: LocalCloud.start() reaps recorded process groups first.
+        """
         self.endpoint_url = endpoint_url
-        for key, doc in self.store.scan(JOB_KIND):
-            if doc["status"] in ACTIVE_STATUSES:
-                killed = kill_processes_in(Path(doc["base_dir"]))
-                if killed:
-                    logger.warning("ended %d leftover process(es) of training job %s", killed, doc["name"])
-                # It was last seen running when its document last changed.
+        left = [doc for _, doc in self.store.scan(JOB_KIND) if doc["status"] in ACTIVE_STATUSES]
+        for doc in sorted(left, key=lambda doc: doc["created"]):  # restarted jobs queue as they came
+            key = doc["name"].lower()
+            if doc["status"] == "InProgress" and retries_left(doc):
+                self._restart(key)
+            else:  # it was last seen running when its document last changed
                 outcome = Outcome("Failed", "Failed", "Training job failed", INTERRUPTED)
                 self._finish(key, outcome, ended_at=doc["modified"])
 
+    def _restart(self, key: str) -> None:
+        """Run an interrupted job again under its name, as SageMaker does for a RetryStrategy."""
+        doc = self._doc(key)
+        attempt = doc.get("attempt", 1) + 1
+        total = doc["request"]["RetryStrategy"]["MaximumRetryAttempts"] + 1
+        logger.warning(
+            "restarting interrupted training job %s (attempt %d of %d)", doc["name"], attempt, total
+        )
+        self._update(
+            key,
+            attempt=attempt,
+            training_start=None,
+            training_end=None,
+            failure_reason=None,
+            model_artifacts=None,
+            metrics={},
+            transition=(
+                "Restarting",
+                f"Restarting the training job after an internal error (attempt {attempt} of {total})",
+            ),
+        )
+        self._run(key)
+
     def stop(self) -> None:
-        """Stop every running job's processes; each is recorded as Failed with INTERRUPTED."""
+        """Stop every running job's processes. Each is recorded as Failed with INTERRUPTED, except a job
+        whose RetryStrategy has attempts left: it stays InProgress, and the next start restarts it."""
         with self._runs_lock:
             runs = list(self._runs.values())
         for run in runs:
@@ -235,11 +271,14 @@ class TrainingJobs:
                     f"job with this name already exists ({arn})"
                 )
             self.tags.put(arn, tags)
+        self._run(key)
+        return arn
+
+    def _run(self, key: str) -> None:
         run = JobRun(self, key)
         with self._runs_lock:
             self._runs[key] = run
         run.thread.start()
-        return arn
 
     def describe(self, name: str) -> dict[str, Any]:
         doc = self._doc(name.lower())
@@ -376,6 +415,9 @@ class TrainingJobs:
                 training_end=end,
                 transition=(outcome.secondary, outcome.message),
             )
+        self.forget_run(key)
+
+    def forget_run(self, key: str) -> None:
         with self._runs_lock:
             self._runs.pop(key, None)
 
@@ -519,12 +561,29 @@ class TrainingJobs:
                 "MaxWaitTimeInSeconds can be set only when EnableManagedSpotTraining is true"
             )
 
+        if "RetryStrategy" in params:
+            attempts = params["RetryStrategy"]["MaximumRetryAttempts"]
+            if not 1 <= attempts <= MAX_RETRY_ATTEMPTS:
+                raise constraint_error(
+                    attempts,
+                    "retryStrategy.maximumRetryAttempts",
+                    "have value greater than or equal to 1"
+                    if attempts < 1
+                    else f"have value less than or equal to {MAX_RETRY_ATTEMPTS}",
+                )
+
         request = {key: value for key, value in params.items() if key not in ("TrainingJobName", "Tags")}
         request["StoppingCondition"] = stopping
         request.setdefault("EnableManagedSpotTraining", False)
         request.setdefault("EnableNetworkIsolation", False)
         request.setdefault("EnableInterContainerTrafficEncryption", False)
         return request
+
+
+def retries_left(doc: dict[str, Any]) -> bool:
+    """Whether the job's RetryStrategy allows another attempt after this one (the first is attempt 1)."""
+    retry = doc["request"].get("RetryStrategy") or {}
+    return doc.get("attempt", 1) <= retry.get("MaximumRetryAttempts", 0)
 
 
 def _check_input_mode(mode: str, field: str) -> None:
@@ -614,10 +673,12 @@ class JobRun:
                 self.jobs._release_slot()
             # The channels are copies of S3 objects; the job directory keeps only what the job made.
             shutil.rmtree(Path(self._doc["base_dir"]) / "input" / "data", ignore_errors=True)
+        outcome = outcome or Outcome("Failed", "Failed", "Training job failed", INTERRUPTED)
         try:
-            self.jobs._finish(
-                self.key, outcome or Outcome("Failed", "Failed", "Training job failed", INTERRUPTED)
-            )
+            if outcome.failure_reason == INTERRUPTED and retries_left(self.jobs._doc(self.key)):
+                self.jobs.forget_run(self.key)  # still InProgress: the next start restarts it
+            else:
+                self.jobs._finish(self.key, outcome)
         except Exception:
             logger.exception("could not record the end of training job %s", self.key)
 
@@ -804,32 +865,55 @@ class JobRun:
             self.key, transition=("Training", "Training image download completed. Training in progress.")
         )
         metrics = MetricScanner(self._request["AlgorithmSpecification"].get("MetricDefinitions", []))
+        # This thread must outlive the toolkit's process group: the kernel kills the group when the
+        # thread that started it ends (localcloud.processes), so it ends the group before it returns.
         proc = start_training(job, env=self._environment())
-        lines: queue.Queue[str | None] = queue.Queue()
-        reader = threading.Thread(target=_pump, args=(proc, lines), name=f"{self.key}-output", daemon=True)
-        reader.start()
-        ended: Outcome | None = None
-        finished = False
-        while not finished:
-            batch, finished = _next_batch(lines)
-            if batch:
-                stamp = now()
-                self.jobs.logs.append(LOG_GROUP, log_stream, batch, timestamp_ms=int(stamp * 1000))
-                if metrics.scan(batch, stamp):
-                    self.jobs._update(self.key, metrics=metrics.found)
-            if ended is None and not finished:
-                ended = self.why_end()
-                if ended is not None:
-                    grace = (
-                        min(self.jobs.stop_grace_s, 5.0)
-                        if self.interrupted.is_set()
-                        else self.jobs.stop_grace_s
-                    )
-                    # Blocks for up to the grace period; the reader keeps collecting the last lines.
-                    threading.Thread(target=stop_training, args=(proc, grace), daemon=True).start()
-        proc.wait()
-        reader.join(timeout=5)
-        return ended
+        reader = stopper = group = None
+        completed = False
+        try:
+            group = self.jobs.processes.add(proc, f"training job {self._doc['name']}")
+            lines: queue.Queue[str | None] = queue.Queue()
+            reader = threading.Thread(
+                target=_pump, args=(proc, lines), name=f"{self.key}-output", daemon=True
+            )
+            reader.start()
+            ended: Outcome | None = None
+            finished = False
+            while not finished:
+                batch, finished = _next_batch(lines)
+                if batch:
+                    stamp = now()
+                    self.jobs.logs.append(LOG_GROUP, log_stream, batch, timestamp_ms=int(stamp * 1000))
+                    if metrics.scan(batch, stamp):
+                        self.jobs._update(self.key, metrics=metrics.found)
+                if ended is None and not finished:
+                    ended = self.why_end()
+                    if ended is not None:
+                        grace = (
+                            min(self.jobs.stop_grace_s, 5.0)
+                            if self.interrupted.is_set()
+                            else self.jobs.stop_grace_s
+                        )
+                        # Blocks for up to the grace period; the reader keeps collecting the last lines.
+                        stopper = threading.Thread(target=stop_training, args=(proc, grace), daemon=True)
+                        stopper.start()
+                    elif leader_exited(proc):
+                        # The toolkit is done; what the script left running would hold the log open.
+                        signal_group(proc, signal.SIGKILL)
+            completed = True
+            return ended
+        finally:
+            if stopper is not None:
+                stopper.join()
+            elif not completed:  # this thread failed (a full disk, say): the job must not run on
+                signal_group(proc, signal.SIGKILL)
+            end_group(proc)
+            if reader is not None:
+                reader.join(timeout=5)
+            try:
+                self.jobs.processes.remove(group)
+            except Exception:  # the next start finds the group gone
+                logger.exception("could not forget the process group of training job %s", self.key)
 
     def _checkpoint_dir(self, job: JobPaths) -> Path:
         # LocalPath (default /opt/ml/checkpoints) lives under SAGEMAKER_BASE_DIR, localcloud's /opt/ml.
@@ -920,28 +1004,3 @@ def _next_batch(lines: queue.Queue[str | None]) -> tuple[list[str], bool]:
             line = lines.get_nowait()
     except queue.Empty:
         return batch, False
-
-
-def kill_processes_in(directory: Path) -> int:
-    """SIGKILL every process of this user whose working directory is `directory` or inside it.
-
-    A job's toolkit runs in its job directory and the script in code/ below it, so this finds what a
-    killed localcloud left behind without trusting a recorded pid that may have been reused.
-    """
-    proc = Path("/proc")
-    if not proc.is_dir():
-        return 0
-    directory = directory.resolve()
-    killed = 0
-    for entry in proc.iterdir():
-        if not entry.name.isdigit() or int(entry.name) == os.getpid():
-            continue
-        try:
-            cwd = Path(os.readlink(entry / "cwd"))
-        except OSError:
-            continue
-        if cwd == directory or directory in cwd.parents:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.kill(int(entry.name), signal.SIGKILL)
-                killed += 1
-    return killed
