@@ -394,20 +394,42 @@ class S3Backend(Backend):
         with file:
             return file.read()
 
-    def delete_object(self, bucket: str, key: str) -> None:
+    def delete_object(self, bucket: str, key: str, if_match: str | None = None) -> None:
+        """Delete the object; with ``if_match`` (S3's conditional delete) only if its ETag matches."""
         self.bucket(bucket)
         with self.store.transaction():
             doc = self.store.get(OBJECT_KIND, f"{bucket}/{key}")
+            if if_match is not None:
+                if doc is None:
+                    raise ServiceError("NoSuchKey", "The specified key does not exist.", 404, Key=key)
+                if if_match != "*" and doc["etag"] != _quoted(if_match):
+                    raise _precondition_failed("If-Match")
             if doc is not None:
                 self.store.delete(OBJECT_KIND, f"{bucket}/{key}")
                 self.store.delete_blob(doc["blob"])  # unlinked once the delete is committed
 
     def copy_object(
-        self, source_bucket: str, source_key: str, bucket: str, key: str, attributes: dict[str, Any] | None
+        self,
+        source_bucket: str,
+        source_key: str,
+        bucket: str,
+        key: str,
+        attributes: dict[str, Any] | None,
+        *,
+        source_if_match: str | None = None,
+        source_if_none_match: str | None = None,
     ) -> dict[str, Any]:
-        """Copy an object; `attributes` replace the source's content type and metadata when given."""
+        """Copy an object; `attributes` replace the source's content type and metadata when given.
+
+        ``source_if_match`` / ``source_if_none_match`` are S3's x-amz-copy-source-if-(none-)match:
+        the copy is made only from (or not from) the source with that ETag, else 412.
+        """
         _check_key(key)
         source = self.head_object(source_bucket, source_key)
+        if source_if_match is not None and source["etag"] != _quoted(source_if_match):
+            raise _precondition_failed("x-amz-copy-source-If-Match")
+        if source_if_none_match is not None and source["etag"] == _quoted(source_if_none_match):
+            raise _precondition_failed("x-amz-copy-source-If-None-Match")
         self.bucket(bucket)
         blob = self.store.copy_blob(source["blob"])
         doc = {**source, "blob": blob, "modified": time.time()}
@@ -787,7 +809,7 @@ class S3Service(Service):
 
     @operation("DeleteObject")
     def delete_object(self, params: dict[str, Any], request: Request) -> dict[str, Any]:
-        self.backend.delete_object(params["Bucket"], params["Key"])
+        self.backend.delete_object(params["Bucket"], params["Key"], if_match=params.get("IfMatch"))
         return {}
 
     @operation("DeleteObjects")
@@ -827,7 +849,13 @@ class S3Service(Service):
                 "attributes.",
             )
         doc = self.backend.copy_object(
-            source_bucket, source_key, params["Bucket"], params["Key"], params if replace else None
+            source_bucket,
+            source_key,
+            params["Bucket"],
+            params["Key"],
+            params if replace else None,
+            source_if_match=params.get("CopySourceIfMatch"),
+            source_if_none_match=params.get("CopySourceIfNoneMatch"),
         )
         return {"CopyObjectResult": {"ETag": doc["etag"], "LastModified": doc["modified"]}}
 

@@ -159,6 +159,39 @@ def test_conditional_reads_and_writes(s3):
     assert s3.get_object(Bucket="lake", Key="model")["Body"].read() == b"v1"
 
 
+def test_conditional_deletes_and_copies_act_only_on_the_bytes_named(s3):
+    # What the lake's quarantine relies on: copy exactly the validated bytes, delete them only if
+    # nobody replaced them meanwhile.
+    old = s3.put_object(Bucket="lake", Key="incoming/b1", Body=b"validated")["ETag"]
+    s3.copy_object(
+        Bucket="lake",
+        Key="quarantine/b1",
+        CopySource={"Bucket": "lake", "Key": "incoming/b1"},
+        CopySourceIfMatch=old,
+    )
+    s3.put_object(Bucket="lake", Key="incoming/b1", Body=b"re-uploaded")  # the producer again
+
+    with pytest.raises(ClientError) as excinfo:
+        s3.copy_object(
+            Bucket="lake",
+            Key="quarantine/b2",
+            CopySource={"Bucket": "lake", "Key": "incoming/b1"},
+            CopySourceIfMatch=old,
+        )
+    assert error_code(excinfo) == "PreconditionFailed"
+    with pytest.raises(ClientError) as excinfo:
+        s3.delete_object(Bucket="lake", Key="incoming/b1", IfMatch=old)
+    assert error_code(excinfo) == "PreconditionFailed"
+    assert s3.get_object(Bucket="lake", Key="incoming/b1")["Body"].read() == b"re-uploaded"
+    assert s3.get_object(Bucket="lake", Key="quarantine/b1")["Body"].read() == b"validated"
+
+    current = s3.head_object(Bucket="lake", Key="incoming/b1")["ETag"]
+    s3.delete_object(Bucket="lake", Key="incoming/b1", IfMatch=current)
+    with pytest.raises(ClientError) as excinfo:
+        s3.delete_object(Bucket="lake", Key="incoming/b1", IfMatch=current)
+    assert error_code(excinfo) == "NoSuchKey"
+
+
 def test_copy_object(s3):
     s3.put_object(
         Bucket="lake", Key="src dir/ä?.bin", Body=b"payload", ContentType="a/b", Metadata={"k": "v"}
