@@ -163,11 +163,11 @@ with DAG(
     ) as data:
 
         @task
-        def find_new_batches(settings: dict) -> dict:
+        def find_new_batches(settings: dict, run_id: str | None = None) -> dict:
             from mnist_pipeline.lake import find_new_batches
 
             (s3,) = clients("s3")
-            return find_new_batches(s3, PipelineConfig(**settings))
+            return find_new_batches(s3, PipelineConfig(**settings), run_id)
 
         @task
         def validate_data(settings: dict, discovery: dict, run_id: str | None = None) -> dict:

@@ -214,7 +214,7 @@ def test_a_person_rejecting_the_deployment_leaves_the_alias_alone(stack):
     alias_at_start = stack.alias()
     stack.feed()
     run_id = stack.trigger("chaos-person-rejects", require_approval=True)
-    stack.wait_for(run_id, until=lambda states: states.get("gate.approve_deployment") == "deferred")
+    stack.wait_for(run_id, until=lambda states: states.get("gate.approve_deployment") == "awaiting_input")
     stack.respond(run_id, "gate.approve_deployment", "Reject")
 
     stack.wait_for(run_id)

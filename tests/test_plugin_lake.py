@@ -71,6 +71,16 @@ def test_a_batch_consumed_by_a_successful_run_is_not_found_again(s3, pipeline_co
     assert lake.mark_consumed(s3, pipeline_config, RUN_1) == []  # idempotent
 
 
+def test_a_successful_run_cleared_and_run_again_finds_its_own_batches_again(s3, pipeline_config, lake_in_s3):
+    checked = lake.check_batches(s3, pipeline_config, RUN_1, ["data/incoming/batch-0001.npz"], accept_all)
+    lake.write_snapshot(s3, pipeline_config, RUN_1, checked["accepted"])
+    lake.mark_consumed(s3, pipeline_config, RUN_1)
+
+    again = lake.find_new_batches(s3, pipeline_config, RUN_1)  # the same run, cleared
+    assert again["new"][0] == "data/incoming/batch-0001.npz"
+    assert "data/incoming/batch-0001.npz" not in lake.find_new_batches(s3, pipeline_config, RUN_2)["new"]
+
+
 def test_a_failing_batch_is_moved_to_quarantine_with_its_report(s3, pipeline_config, lake_in_s3):
     bucket = pipeline_config.bucket
     images, labels = random_digits(5, 20)

@@ -65,8 +65,12 @@ def read_consumed(s3, config: PipelineConfig) -> dict[str, dict]:
     return index["batches"]
 
 
-def find_new_batches(s3, config: PipelineConfig) -> dict:
+def find_new_batches(s3, config: PipelineConfig, run_id: str | None = None) -> dict:
     """Incoming batches no successful run has consumed yet, oldest first.
+
+    The batches that ``run_id`` itself consumed count as new for it: a successful run that is
+    cleared and run again finds the same batches, so it repeats the same run (the same snapshot,
+    job, package and version) instead of ending "nothing to do" and overwriting its own audit.
 
     Returns ``{"new": [key, ...], "consumed": [key, ...], "ignored": [key, ...]}``; ``ignored``
     holds objects under the incoming prefix not named ``batch-NNNN.npz`` (logged, left alone).
@@ -77,7 +81,7 @@ def find_new_batches(s3, config: PipelineConfig) -> dict:
         key = item["Key"]
         if not BATCH_NAME.match(posixpath.basename(key)):
             ignored.append(key)
-        elif key in consumed:
+        elif key in consumed and (run_id is None or consumed[key]["run_id"] != run_id):
             seen.append(key)
         else:
             new.append(key)
