@@ -7,6 +7,9 @@ blocking handlers are moved to a thread pool, which they must be here. One threa
 a handler may block on SQLite, disk or a long-poll without stalling other requests, large bodies stream
 straight from the socket to disk, and there is nothing to import: the server starts in milliseconds.
 
+Before a request is routed, with only its head read, the RequestGuard (trust.py) must accept its
+Host, Origin, Sec-Fetch-Site and Referer headers: 403 otherwise, and its body is never read.
+
 Routing, in order:
 1. `/_localcloud/...` endpoints of localcloud itself (health);
 2. signed requests: the service in the SigV4 credential scope (`Credential=AKID/date/region/s3/...`,
@@ -33,7 +36,9 @@ from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs
 
+from localcloud.config import Config
 from localcloud.service import Service
+from localcloud.trust import RequestGuard
 from localcloud.wire import FileBody, Request, RequestBody, Response, ServiceError
 
 logger = logging.getLogger("localcloud")
@@ -46,6 +51,7 @@ _HTTP_VERSION = re.compile(r"HTTP/(\d{1,10})\.(\d{1,10})")
 _DRAIN_LIMIT = 1 << 20  # an unread body smaller than this is drained to keep the connection; else it closes
 
 InternalHandler = Callable[[Request], Response]
+ErrorRenderer = Callable[[Request, ServiceError], Response]
 
 
 def is_loopback(host: str) -> bool:
@@ -93,6 +99,15 @@ class Router:
             return _unknown_service(request, [svc.model_name for svc in self.services])
         return service.handle(request)
 
+    def error_response(self, request: Request, error: ServiceError) -> Response:
+        """`error` in the shape of the service the request looks meant for (S3 when nothing says)."""
+        service = self.service_for(request)
+        if service is None:
+            return _json_error(error)
+        if error.code == "AccessDenied" and service.model.protocol in ("json", "rest-json"):
+            error = ServiceError("AccessDeniedException", error.message, error.status)
+        return service.protocol.serialize_error(error, request)
+
     def service_for(self, request: Request) -> Service | None:
         if request.signing_name is not None:
             return self._by_signing_name.get(request.signing_name)
@@ -113,8 +128,13 @@ class Router:
 def _unknown_service(request: Request, served: list[str]) -> Response:
     name = request.signing_name or "requested"
     message = f"localcloud does not implement the {name} service; it serves {', '.join(served)}"
-    body = json.dumps({"__type": "NotImplemented", "message": message}).encode()
-    return Response(501, {"Content-Type": "application/json", "x-amzn-ErrorType": "NotImplemented"}, body)
+    return _json_error(ServiceError("NotImplemented", message, 501))
+
+
+def _json_error(error: ServiceError) -> Response:
+    body = json.dumps({"__type": error.code, "message": error.message}).encode()
+    headers = {"Content-Type": "application/json", "x-amzn-ErrorType": error.code}
+    return Response(error.status, headers, body)
 
 
 _date_cache: tuple[int, str] = (0, "")
@@ -255,21 +275,28 @@ class _Handler(BaseHTTPRequestHandler):
             body=body,
             # uuid4() reads os.urandom, which releases the GIL mid-request; an id needs no crypto.
             request_id=f"{random.getrandbits(128):032x}",
-            region=scope[0] if scope else self.server.default_region,
+            region=scope[0] if scope else self.server.config.region,
             signing_name=scope[1] if scope else None,
             client_address=self.client_address[0],
         )
-        try:
-            response = self.server.dispatch(request)
-        except ConnectionError:
-            self.close_connection = True
-            return
-        except Exception:
-            logger.exception("%s %s failed before reaching a service", self.command, self.path)
-            response = Response(
-                500, {"Content-Type": "application/json"}, b'{"message":"localcloud internal error"}'
-            )
-        if not body.finished and not _drained(body):
+        refusal = self.server.guard.refusal(headers)
+        if refusal is not None:
+            logger.info("refused %s %s: %s", self.command, path, refusal)
+            response = self.server.render_error(request, ServiceError("AccessDenied", refusal, 403))
+            response.headers["X-Content-Type-Options"] = "nosniff"
+            self.close_connection = True  # its body, if any, is never read
+        else:
+            try:
+                response = self.server.dispatch(request)
+            except ConnectionError:
+                self.close_connection = True
+                return
+            except Exception:
+                logger.exception("%s %s failed before reaching a service", self.command, self.path)
+                response = Response(
+                    500, {"Content-Type": "application/json"}, b'{"message":"localcloud internal error"}'
+                )
+        if not body.finished and (self.close_connection or not _drained(body)):
             self.close_connection = True  # the rest of the body is still on the wire
         self._write(request, response)
         logger.debug(
@@ -315,15 +342,30 @@ class _Handler(BaseHTTPRequestHandler):
 
 
 class HttpServer(ThreadingHTTPServer):
+    """The server of one port: localcloud's own, or a side server (see LocalCloud.start_side_server).
+
+    `render_error` shapes the 403 of a refused request (the Router renders it as the service the request
+    is for, so an SDK shows its message); without one it is plain AWS-style JSON.
+    """
+
     daemon_threads = True
     block_on_close = False
     allow_reuse_address = True
     request_queue_size = 128
 
-    def __init__(self, host: str, port: int, dispatch: InternalHandler, default_region: str) -> None:
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        dispatch: InternalHandler,
+        config: Config,
+        render_error: ErrorRenderer | None = None,
+    ) -> None:
         self.address_family = socket.AF_INET6 if ":" in host else socket.AF_INET
         self.dispatch = dispatch
-        self.default_region = default_region
+        self.config = config
+        self.guard = RequestGuard.for_server(host, config.allowed_hosts, config.allowed_origins)
+        self.render_error: ErrorRenderer = render_error or (lambda request, error: _json_error(error))
         self._connections: set[socket.socket] = set()
         self._connections_lock = threading.Lock()
         self._thread: threading.Thread | None = None
