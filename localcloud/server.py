@@ -12,10 +12,15 @@ Host, Origin, Sec-Fetch-Site and Referer headers: 403 otherwise, and its body is
 
 Routing, in order:
 1. `/_localcloud/...` endpoints of localcloud itself (health);
-2. signed requests: the service in the SigV4 credential scope (`Credential=AKID/date/region/s3/...`,
-   or `X-Amz-Credential` in a presigned URL). Signatures are never verified: any credentials work;
-3. unsigned requests: the X-Amz-Target prefix, then a service's unsigned path prefixes, then a form
-   POST with Action= (query protocol), and finally S3 (anonymous S3 requests are the common case).
+2. signed requests: the service in the SigV4 credential scope, from a whole SigV4 Authorization header
+   (`AWS4-HMAC-SHA256 Credential=AKID/date/region/s3/aws4_request, SignedHeaders=..., Signature=...`) or
+   a presigned URL carrying X-Amz-Credential and X-Amz-Signature; S3's SigV2 (`Authorization: AWS
+   AKID:sig`, or the AWSAccessKeyId/Signature query boto3 still presigns S3 URLs with) is S3's.
+   Signatures are never verified: any credentials work;
+3. unsigned requests reach only the paths services publish unsigned (an HTTP API's invoke URL, the
+   Lambda code download); anything else unsigned gets the service's own "missing authentication"
+   error (S3 AccessDenied, MissingAuthenticationToken(Exception) for X-Amz-Target / Action= requests),
+   403, having changed nothing.
 """
 
 from __future__ import annotations
@@ -43,7 +48,12 @@ from localcloud.wire import FileBody, Request, RequestBody, Response, ServiceErr
 
 logger = logging.getLogger("localcloud")
 
-_SCOPE = re.compile(r"Credential=([^/,\s]+)/(\d{8})/([^/]+)/([^/]+)/aws4_request")
+# A whole SigV4 Authorization header, as every AWS SDK writes it.
+_SIGV4 = re.compile(
+    r"AWS4-HMAC-SHA256 Credential=[^/,\s]+/\d{8}/([a-z0-9-]+)/([a-z0-9-]+)/aws4_request,\s*"
+    r"SignedHeaders=[a-z0-9;._-]+,\s*Signature=[0-9a-f]+"
+)
+_SIGV2 = re.compile(r"AWS [^:\s]+:\S+")  # S3's legacy header signature
 _IDLE_TIMEOUT_S = 300  # keep-alive connections idle longer than this are closed
 _MAX_HEADER_LINE = 65536  # http.client's limits, which the standard parse_request applies
 _MAX_HEADERS = 100
@@ -63,16 +73,25 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-def credential_scope(headers: dict[str, str], query: dict[str, list[str]]) -> tuple[str, str] | None:
-    """(region, signing service) from a SigV4 Authorization header or presigned URL, if signed."""
-    found = _SCOPE.search(headers.get("authorization", ""))
-    if found:
-        return found.group(3), found.group(4)
-    presigned = query.get("X-Amz-Credential")
-    if presigned:
-        parts = presigned[0].split("/")
-        if len(parts) == 5:
+def credential_scope(headers: dict[str, str], query: dict[str, list[str]]) -> tuple[str | None, str] | None:
+    """(region, signing service) of a signed request, None if it is not signed.
+
+    Signed means a whole SigV4 Authorization header, a presigned URL with X-Amz-Credential and
+    X-Amz-Signature, or S3's SigV2 (header or query; it carries no region). Nothing is verified.
+    """
+    authorization = headers.get("authorization")
+    if authorization is not None:
+        found = _SIGV4.fullmatch(authorization)
+        if found:
+            return found.group(1), found.group(2)
+        return (None, "s3") if _SIGV2.fullmatch(authorization) else None
+    if "X-Amz-Signature" in query:
+        credential = query.get("X-Amz-Credential")
+        parts = credential[0].split("/") if credential else []
+        if len(parts) == 5 and parts[4] == "aws4_request":
             return parts[2], parts[3]
+    elif "Signature" in query and "AWSAccessKeyId" in query:
+        return None, "s3"
     return None
 
 
@@ -94,29 +113,44 @@ class Router:
         internal = self._internal.get((request.method, request.path))
         if internal is not None:
             return internal(request)
-        service = self.service_for(request)
-        if service is None:
-            return _unknown_service(request, [svc.model_name for svc in self.services])
-        return service.handle(request)
+        if request.signing_name is not None:
+            service = self._by_signing_name.get(request.signing_name)
+            if service is None:
+                return _unknown_service(request, [svc.model_name for svc in self.services])
+            return service.handle(request)
+        for prefix, service in self._by_path_prefix:
+            if request.path.startswith(prefix):
+                return service.handle(request)
+        return self.error_response(
+            request,
+            ServiceError(
+                "MissingAuthentication",
+                "localcloud serves only signed requests here (any credentials work): this one has neither a "
+                "SigV4 Authorization header nor a presigned URL's X-Amz-Signature",
+                403,
+            ),
+        )
 
     def error_response(self, request: Request, error: ServiceError) -> Response:
         """`error` in the shape of the service the request looks meant for (S3 when nothing says)."""
-        service = self.service_for(request)
+        service = self._shape_service(request)
         if service is None:
             return _json_error(error)
-        if error.code == "AccessDenied" and service.model.protocol in ("json", "rest-json"):
+        if error.code == "MissingAuthentication":  # each protocol names a missing signature its own way
+            code = {"json": "MissingAuthenticationTokenException", "query": "MissingAuthenticationToken"}
+            error = ServiceError(
+                code.get(service.model.protocol, "AccessDenied"), error.message, error.status
+            )
+        elif error.code == "AccessDenied" and service.model.protocol in ("json", "rest-json"):
             error = ServiceError("AccessDeniedException", error.message, error.status)
         return service.protocol.serialize_error(error, request)
 
-    def service_for(self, request: Request) -> Service | None:
+    def _shape_service(self, request: Request) -> Service | None:
         if request.signing_name is not None:
             return self._by_signing_name.get(request.signing_name)
-        target = request.headers.get("x-amz-target", "")
+        target = request.headers.get("x-amz-target")
         if target:
             return self._by_target_prefix.get(target.rpartition(".")[0])
-        for prefix, service in self._by_path_prefix:
-            if request.path.startswith(prefix):
-                return service
         form = request.headers.get("content-type", "").startswith("application/x-www-form-urlencoded")
         if self._query_service is not None and (
             "Action" in request.query or (form and request.method == "POST")
@@ -275,7 +309,7 @@ class _Handler(BaseHTTPRequestHandler):
             body=body,
             # uuid4() reads os.urandom, which releases the GIL mid-request; an id needs no crypto.
             request_id=f"{random.getrandbits(128):032x}",
-            region=scope[0] if scope else self.server.config.region,
+            region=(scope[0] if scope else None) or self.server.config.region,
             signing_name=scope[1] if scope else None,
             client_address=self.client_address[0],
         )

@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 import pytest
+from botocore.config import Config as BotoConfig
 
 from localcloud.app import LocalCloud
 from localcloud.config import Config
@@ -191,6 +192,66 @@ def test_allowed_hosts_and_origins_come_from_the_environment_and_are_checked(mon
             LocalCloud(Config(data_dir=tmp_path, port=0, allowed_origins=origins)).start()
     with pytest.raises(ValueError, match="LOCALCLOUD_ALLOWED_HOSTS"):
         LocalCloud(Config(data_dir=tmp_path, port=0, allowed_hosts=("*",))).start()
+
+
+# --- unsigned requests ----------------------------------------------------------------------------
+
+
+def test_unsigned_requests_change_nothing_and_say_what_is_missing(localcloud):
+    url = localcloud.endpoint_url
+
+    answer = exchange(url, request_bytes("PUT", "/anonymous"))
+    assert answer.status == 403 and b"<Code>AccessDenied</Code>" in answer.body
+    assert exchange(url, request_bytes("GET", "/")).status == 403
+
+    target = {"X-Amz-Target": "Logs_20140328.CreateLogGroup", "Content-Type": "application/x-amz-json-1.1"}
+    answer = exchange(url, request_bytes("POST", "/", target, b'{"logGroupName": "anonymous"}'))
+    assert answer.status == 403
+    assert json.loads(answer.body)["__type"] == "MissingAuthenticationTokenException"
+
+    form = {"Content-Type": "application/x-www-form-urlencoded"}
+    answer = exchange(url, request_bytes("POST", "/", form, b"Action=GetCallerIdentity&Version=2011-06-15"))
+    assert answer.status == 403 and b"<Code>MissingAuthenticationToken</Code>" in answer.body
+
+    # A credential scope alone is no signature, nor is an Authorization header that is not SigV4.
+    not_signed = [
+        ("POST", f"/2015-03-31/functions?{CREDENTIAL_ONLY}", {}),
+        ("POST", "/2015-03-31/functions", {"Authorization": "Bearer x"}),
+        (
+            "POST",
+            "/2015-03-31/functions",
+            {"Authorization": "AWS4-HMAC-SHA256 Credential=a/20261201/us-east-1/lambda/aws4_request"},
+        ),
+    ]
+    for method, path, headers in not_signed:
+        answer = exchange(url, request_bytes(method, path, headers, create_function_body()))
+        assert answer.status == 403, (path, headers, answer.body)
+    assert function_names(localcloud) == []
+    assert bucket_names(localcloud) == []
+    assert localcloud.client("logs").describe_log_groups()["logGroups"] == []
+
+
+def test_what_is_public_without_a_signature_still_answers(localcloud):
+    url = localcloud.endpoint_url
+    assert exchange(url, request_bytes("GET", "/_localcloud/health")).status == 200
+    # An HTTP API's invoke URL (curl from a terminal) and GetFunction's code download reach their service.
+    answer = exchange(url, request_bytes("POST", "/_aws/execute-api/abcdefghij/mnist", body=b"{}"))
+    assert (answer.status, json.loads(answer.body)) == (404, {"message": "Not Found"})
+    answer = exchange(url, request_bytes("GET", "/_localcloud/lambda/code/nothing.zip"))
+    assert (answer.status, answer.headers["x-amzn-errortype"]) == (404, "ResourceNotFoundException")
+
+
+def test_presigned_urls_of_both_signature_versions_are_signed_requests(localcloud):
+    import urllib.request
+
+    s3 = localcloud.client("s3")
+    s3.create_bucket(Bucket="lake")
+    s3.put_object(Bucket="lake", Key="k", Body=b"shared")
+    v4 = localcloud.client("s3", config=BotoConfig(signature_version="s3v4"))
+    for client in (s3, v4):  # boto3 presigns S3 URLs with SigV2 unless told s3v4
+        url = client.generate_presigned_url("get_object", Params={"Bucket": "lake", "Key": "k"}, ExpiresIn=60)
+        with urllib.request.urlopen(url) as response:  # noqa: S310 (loopback)
+            assert response.read() == b"shared"
 
 
 # --- the Lambda Runtime API's own ports -------------------------------------------------------------
