@@ -7,8 +7,11 @@ blocking handlers are moved to a thread pool, which they must be here. One threa
 a handler may block on SQLite, disk or a long-poll without stalling other requests, large bodies stream
 straight from the socket to disk, and there is nothing to import: the server starts in milliseconds.
 
-Before a request is routed, with only its head read, the RequestGuard (trust.py) must accept its
-Host, Origin, Sec-Fetch-Site and Referer headers: 403 otherwise, and its body is never read.
+Before a request is routed, with only its head read:
+1. its framing must be unambiguous: Content-Length plain digits, Transfer-Encoding exactly "chunked",
+   never both (400 or 501, and the connection closes);
+2. the RequestGuard (trust.py) must accept its Host, Origin, Sec-Fetch-Site and Referer: 403 otherwise,
+   before any body is read.
 
 Routing, in order:
 1. `/_localcloud/...` endpoints of localcloud itself (health);
@@ -54,11 +57,17 @@ _SIGV4 = re.compile(
     r"SignedHeaders=[a-z0-9;._-]+,\s*Signature=[0-9a-f]+"
 )
 _SIGV2 = re.compile(r"AWS [^:\s]+:\S+")  # S3's legacy header signature
-_IDLE_TIMEOUT_S = 300  # keep-alive connections idle longer than this are closed
-_MAX_HEADER_LINE = 65536  # http.client's limits, which the standard parse_request applies
+# The whole header block, and so any one line (http.client's per-line limit): 8x S3's 8 KB request
+# headers, 6x the 10,240 bytes of request line and headers an HTTP API takes.
+_MAX_HEAD_BYTES = 65536
 _MAX_HEADERS = 100
+_MAX_CONTENT_LENGTH_DIGITS = 18  # under 2^63: an upload of up to 999 PB, which no limit here lets through
+# Headers a request may carry once: two differing lengths, or a second Host, is how smuggling starts.
+_SINGLE_HEADERS = frozenset({"content-length", "transfer-encoding", "host"})
 _HTTP_VERSION = re.compile(r"HTTP/(\d{1,10})\.(\d{1,10})")
 _DRAIN_LIMIT = 1 << 20  # an unread body smaller than this is drained to keep the connection; else it closes
+_IDLE_TIMEOUT_S = 300  # keep-alive connections idle longer than this are closed
+_LINGER_S = 2.0  # after answering early and closing, how long unread input is discarded (see _linger)
 
 InternalHandler = Callable[[Request], Response]
 ErrorRenderer = Callable[[Request, ServiceError], Response]
@@ -190,6 +199,23 @@ def _drained(body: RequestBody) -> bool:
         return False
 
 
+def _framing_error(headers: dict[str, str]) -> tuple[int, str] | None:
+    """(status, reason) when the body's length is not stated in exactly one unambiguous way."""
+    transfer_encoding = headers.get("transfer-encoding")
+    if transfer_encoding is not None:
+        if "content-length" in headers:
+            return 400, "a request must not have both Content-Length and Transfer-Encoding"
+        if transfer_encoding.lower() != "chunked":
+            return 501, f"Transfer-Encoding {transfer_encoding[:100]!r} is not supported; only chunked is"
+        return None
+    length = headers.get("content-length")
+    if length is not None and not (
+        length.isascii() and length.isdigit() and len(length) <= _MAX_CONTENT_LENGTH_DIGITS
+    ):
+        return 400, f"Content-Length must be plain digits, got {length[:40]!r}"
+    return None
+
+
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     disable_nagle_algorithm = True  # without it, headers and body in two writes cost 40 ms (delayed ACK)
@@ -203,25 +229,57 @@ class _Handler(BaseHTTPRequestHandler):
 
     def setup(self) -> None:
         super().setup()
+        self._linger_after = False
         self.server.track(self.connection)
 
     def finish(self) -> None:
         try:
             super().finish()
+            if self._linger_after:
+                self._linger()
         finally:
             self.server.untrack(self.connection)
 
+    def _linger(self) -> None:
+        """Discard what the client still sends, briefly, so it reads our early answer instead of a reset.
+
+        Closing a socket with unread input sends a TCP reset, and a client still writing its body (one
+        that did not ask for "100 Continue") would lose the 403 or 413 that was already on its way.
+        """
+        with contextlib.suppress(OSError):
+            self.connection.shutdown(socket.SHUT_WR)
+            deadline = time.monotonic() + _LINGER_S
+            while (left := deadline - time.monotonic()) > 0:
+                self.connection.settimeout(left)
+                if not self.connection.recv(1 << 16):
+                    break
+
     def log_message(self, format: str, *args: object) -> None:
         logger.debug("%s " + format, self.address_string(), *args)
+
+    def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
+        """A short JSON error, and the connection closes: the standard method sends an HTML page."""
+        status = HTTPStatus(code)
+        body = json.dumps({"__type": status.phrase.replace(" ", ""), "message": message or status.phrase})
+        data = body.encode()
+        head = (
+            f"HTTP/1.1 {code} {status.phrase}\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(data)}\r\nDate: {_http_date()}\r\nConnection: close\r\n\r\n"
+        )
+        self.close_connection = True
+        self._linger_after = True
+        with contextlib.suppress(OSError):
+            self.wfile.write(head.encode("latin-1") + (b"" if self.command == "HEAD" else data))
 
     def parse_request(self) -> bool:
         """BaseHTTPRequestHandler.parse_request, with the header block read into a plain dict.
 
         The standard method hands the headers to the email package's feed parser: profiled with yappi,
         that was about a third of localcloud's CPU per API Gateway → Lambda request. This reads the same
-        lines into a dict of lower-cased names (a repeated name keeps its last value, as before) and keeps
-        the standard method's answers: 400 for a malformed request line, 505 for HTTP/2+, 431 for a header
-        line over 64 KiB or more than 100 headers, and the Connection and Expect rules.
+        lines into a dict of lower-cased names (a repeated name keeps its last value; Content-Length,
+        Transfer-Encoding and Host may not repeat) and keeps the standard method's answers: 400 for a
+        malformed request line, 505 for HTTP/2+, 431 for a header line over 64 KiB, a block over 64 KiB
+        or more than 100 headers, and the Connection and Expect rules.
         """
         self.command = None  # set in case of error on the first line
         self.request_version = self.default_request_version
@@ -231,12 +289,12 @@ class _Handler(BaseHTTPRequestHandler):
         if not words:
             return False
         if len(words) != 3:  # HTTP/0.9 (two words) is not served: every AWS client speaks HTTP/1.1
-            self.send_error(HTTPStatus.BAD_REQUEST, f"Bad request syntax ({self.requestline!r})")
+            self.send_error(HTTPStatus.BAD_REQUEST, f"Bad request syntax ({self.requestline[:200]!r})")
             return False
         command, path, version = words
         match = _HTTP_VERSION.fullmatch(version)
         if match is None:
-            self.send_error(HTTPStatus.BAD_REQUEST, f"Bad request version ({version!r})")
+            self.send_error(HTTPStatus.BAD_REQUEST, f"Bad request version ({version[:40]!r})")
             return False
         number = int(match.group(1)), int(match.group(2))
         if number >= (2, 0):
@@ -248,23 +306,40 @@ class _Handler(BaseHTTPRequestHandler):
             self.path = "/" + path.lstrip("/")
         headers: dict[str, str] = {}
         name = ""
+        head_bytes = 0
         while True:
-            line = self.rfile.readline(_MAX_HEADER_LINE + 1)
-            if len(line) > _MAX_HEADER_LINE:
-                self.send_error(HTTPStatus.REQUEST_HEADER_FIELDS_TOO_LARGE, "Line too long")
+            line = self.rfile.readline(_MAX_HEAD_BYTES + 1)
+            head_bytes += len(line)
+            if head_bytes > _MAX_HEAD_BYTES:  # one line, or all of them
+                self.send_error(
+                    HTTPStatus.REQUEST_HEADER_FIELDS_TOO_LARGE,
+                    f"Request headers over {_MAX_HEAD_BYTES} bytes",
+                )
                 return False
             if line in (b"\r\n", b"\n", b""):
                 break
             if len(headers) >= _MAX_HEADERS:
-                self.send_error(HTTPStatus.REQUEST_HEADER_FIELDS_TOO_LARGE, "Too many headers")
+                self.send_error(HTTPStatus.REQUEST_HEADER_FIELDS_TOO_LARGE, f"Over {_MAX_HEADERS} headers")
                 return False
             text = line.decode("iso-8859-1")
             if text[0] in " \t" and name:  # an obsolete folded continuation of the previous header
                 headers[name] += " " + text.strip()
                 continue
             raw_name, _, value = text.partition(":")
-            name = raw_name.strip().lower()
-            headers[name] = value.strip()
+            if raw_name[-1:] <= " ":  # no name, or whitespace before the colon (RFC 9112: refuse it)
+                self.send_error(HTTPStatus.BAD_REQUEST, f"Malformed header name {raw_name[:100]!r}")
+                return False
+            name = raw_name.lower()
+            value = value.strip()
+            # Only an identical Content-Length or Host may repeat: two framings is request smuggling.
+            if (
+                name in headers
+                and name in _SINGLE_HEADERS
+                and (name == "transfer-encoding" or headers[name] != value)
+            ):
+                self.send_error(HTTPStatus.BAD_REQUEST, f"{raw_name} given twice")
+                return False
+            headers[name] = value
         self.headers = headers  # type: ignore[assignment]
         connection = headers.get("connection", "").lower()
         if connection == "close":
@@ -285,19 +360,18 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _serve(self) -> None:
         started = time.perf_counter()
-        path, _, raw_query = self.path.partition("?")
         headers: dict[str, str] = self.headers  # type: ignore[assignment]  # see parse_request
-        query = parse_qs(raw_query, keep_blank_values=True)
-        try:
-            length = int(headers.get("content-length", "0"))
-        except ValueError:
-            self.send_error(400, "Content-Length is not a number")
+        framing = _framing_error(headers)
+        if framing is not None:
+            self.send_error(*framing)
             return
+        path, _, raw_query = self.path.partition("?")
+        query = parse_qs(raw_query, keep_blank_values=True)
         body = RequestBody(
             self.rfile,
             self._send_continue if getattr(self, "_continue_pending", False) else None,
-            length=length,
-            chunked="chunked" in headers.get("transfer-encoding", "").lower(),
+            length=int(headers.get("content-length", "0")),
+            chunked="transfer-encoding" in headers,
         )
         self._continue_pending = False
         scope = credential_scope(headers, query)
@@ -332,6 +406,7 @@ class _Handler(BaseHTTPRequestHandler):
                 )
         if not body.finished and (self.close_connection or not _drained(body)):
             self.close_connection = True  # the rest of the body is still on the wire
+            self._linger_after = not body.continue_pending
         self._write(request, response)
         logger.debug(
             "%s %s -> %d in %.1f ms",

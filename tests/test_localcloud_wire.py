@@ -1,0 +1,90 @@
+"""The front door's parser and resources: strict framing, bounded heads, connections, time, queues, caches.
+
+Each test sends what a hostile or broken client could, and checks what the server answers and that it
+neither waits for bytes that never come nor holds memory or threads without bound.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.fixtures.raw_http import exchange, signed
+
+STS_BODY = b"Action=GetCallerIdentity&Version=2011-06-15"
+STS_HEADERS = {"Authorization": signed("sts"), "Content-Type": "application/x-www-form-urlencoded"}
+
+
+def sts_request(extra_headers: str, body: bytes) -> bytes:
+    """A signed STS GetCallerIdentity whose framing headers are given raw."""
+    head = "POST / HTTP/1.1\r\n" + "".join(f"{k}: {v}\r\n" for k, v in STS_HEADERS.items())
+    return (head + extra_headers + "\r\n").encode() + body
+
+
+# --- framing ----------------------------------------------------------------------------------------
+
+
+def test_a_well_framed_request_is_served(localcloud):
+    answer = exchange(localcloud.endpoint_url, sts_request(f"Content-Length: {len(STS_BODY)}\r\n", STS_BODY))
+    assert answer.status == 200 and b"<Account>" in answer.body
+
+
+@pytest.mark.parametrize("value", ["-1", "+43", "0x2b", "4 3", "4e1", "1_0", "", "4" * 20, "43, 44"])
+def test_content_length_must_be_plain_digits(localcloud, value):
+    # "-1" once made the server read the stream to its end: the answer must come without that.
+    raw = sts_request(f"Content-Length: {value}\r\n", STS_BODY)
+    answer = exchange(localcloud.endpoint_url, raw, timeout=3)
+    assert (answer.status, answer.closed) == (400, True), answer.body
+    assert b"Content-Length" in answer.body
+
+
+def test_conflicting_framing_is_refused_as_request_smuggling(localcloud):
+    url = localcloud.endpoint_url
+    body_length = len(STS_BODY)
+    same_twice = f"Content-Length: {body_length}\r\nContent-Length: {body_length}\r\n"
+    assert exchange(url, sts_request(same_twice, STS_BODY)).status == 200
+
+    different = f"Content-Length: {body_length}\r\nContent-Length: 5\r\n"
+    answer = exchange(url, sts_request(different, STS_BODY), timeout=3)
+    assert (answer.status, answer.closed) == (400, True)
+
+    chunked = f"{body_length:x}\r\n".encode() + STS_BODY + b"\r\n0\r\n\r\n"
+    both = f"Content-Length: {len(chunked)}\r\nTransfer-Encoding: chunked\r\n"
+    answer = exchange(url, sts_request(both, chunked), timeout=3)
+    assert (answer.status, answer.closed) == (400, True)
+
+    answer = exchange(url, sts_request("Transfer-Encoding: gzip, chunked\r\n", chunked), timeout=3)
+    assert (answer.status, answer.closed) == (501, True)
+    answer = exchange(
+        url, sts_request("Transfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n", chunked), 3
+    )
+    assert (answer.status, answer.closed) == (400, True)
+    answer = exchange(url, sts_request(f"Content-Length : {body_length}\r\n", STS_BODY), timeout=3)
+    assert (answer.status, answer.closed) == (400, True)
+
+
+def test_chunked_bodies_with_extensions_are_read(localcloud):
+    body = b"14;name=value\r\n" + STS_BODY[:20] + b"\r\n" + f"{len(STS_BODY) - 20:X}\r\n".encode()
+    body += STS_BODY[20:] + b"\r\n0\r\nX-Trailer: t\r\n\r\n"
+    answer = exchange(localcloud.endpoint_url, sts_request("Transfer-Encoding: chunked\r\n", body))
+    assert answer.status == 200
+
+
+@pytest.mark.parametrize("size_line", ["-1", "+2b", "0x2b", " 2b", "2 b", "1" * 17, "2b\x00", "g"])
+def test_chunk_sizes_must_be_plain_hex(localcloud, size_line):
+    body = size_line.encode() + b"\r\n" + STS_BODY + b"\r\n0\r\n\r\n"
+    answer = exchange(localcloud.endpoint_url, sts_request("Transfer-Encoding: chunked\r\n", body), timeout=3)
+    assert (answer.status, answer.closed) == (400, True), answer.body
+
+
+# --- heads ------------------------------------------------------------------------------------------
+
+
+def test_the_header_block_is_bounded_in_size_not_only_per_line(localcloud):
+    fits = "".join(f"X-Pad-{i}: {'a' * 4000}\r\n" for i in range(15))  # ~60 KB
+    assert (
+        exchange(localcloud.endpoint_url, sts_request(fits + "Content-Length: 43\r\n", STS_BODY)).status
+        == 200
+    )
+    too_much = "".join(f"X-Pad-{i}: {'a' * 4000}\r\n" for i in range(20))  # ~80 KB in lines of 4 KB
+    answer = exchange(localcloud.endpoint_url, sts_request(too_much + "Content-Length: 43\r\n", STS_BODY))
+    assert (answer.status, answer.closed) == (431, True)
