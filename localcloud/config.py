@@ -26,6 +26,12 @@ class Config:
     max_request_bytes: int = 6 * MiB
     # One S3 PutObject or UploadPart, streamed to disk; AWS allows 5 GiB.
     max_object_bytes: int = 5 * GiB
+    # Open connections, each served by a thread; past it a connection gets 503 and is closed.
+    max_connections: int = 256
+    # A keep-alive connection with no request for this long is closed (also a stalled body read).
+    idle_timeout_s: int = 60
+    # A request's line and headers must arrive within this long of its first byte (slowloris).
+    request_head_timeout_s: int = 10
 
     @classmethod
     def from_env(cls, **overrides: object) -> Config:

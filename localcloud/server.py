@@ -24,12 +24,17 @@ Routing, in order:
    Lambda code download); anything else unsigned gets the service's own "missing authentication"
    error (S3 AccessDenied, MissingAuthenticationToken(Exception) for X-Amz-Target / Action= requests),
    403, having changed nothing.
+
+Resources are bounded: `max_connections` connection threads (past it: 503 and close, in the accept
+loop), a request head within `request_head_timeout_s` of its first byte and 64 KiB in 100 lines,
+`idle_timeout_s` between keep-alive requests and per body read.
 """
 
 from __future__ import annotations
 
 import contextlib
 import email.utils
+import io
 import ipaddress
 import json
 import logging
@@ -66,7 +71,6 @@ _MAX_CONTENT_LENGTH_DIGITS = 18  # under 2^63: an upload of up to 999 PB, which 
 _SINGLE_HEADERS = frozenset({"content-length", "transfer-encoding", "host"})
 _HTTP_VERSION = re.compile(r"HTTP/(\d{1,10})\.(\d{1,10})")
 _DRAIN_LIMIT = 1 << 20  # an unread body smaller than this is drained to keep the connection; else it closes
-_IDLE_TIMEOUT_S = 300  # keep-alive connections idle longer than this are closed
 _LINGER_S = 2.0  # after answering early and closing, how long unread input is discarded (see _linger)
 
 InternalHandler = Callable[[Request], Response]
@@ -216,6 +220,53 @@ def _framing_error(headers: dict[str, str]) -> tuple[int, str] | None:
     return None
 
 
+class _HeadReader(socket.SocketIO):
+    """The socket as the request handler reads it, with a deadline for the whole request head.
+
+    A socket timeout bounds one recv only, so a client sending a byte every few seconds would hold its
+    thread forever. While `deadline` is set, every recv gets only the time left until it. The deadline
+    starts with the first bytes of a head (`head_pending`), or at accept for a new connection. In the
+    usual case the whole head arrives in the first recv and none of this costs a system call.
+    """
+
+    def __init__(self, sock: socket.socket, head_timeout: float) -> None:
+        super().__init__(sock, "rb")
+        self.head_timeout = head_timeout
+        self.head_pending = True
+        self.deadline: float | None = time.monotonic() + head_timeout
+        self.retimed = False  # the socket's timeout was changed and must be restored after the head
+
+    def readinto(self, buffer: memoryview) -> int:  # type: ignore[override]
+        deadline = self.deadline
+        if deadline is not None:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError("the request head did not arrive in time")
+            self._sock.settimeout(left)
+            self.retimed = True
+        read = super().readinto(buffer)
+        if self.head_pending and deadline is None:
+            self.deadline = time.monotonic() + self.head_timeout
+        return read
+
+
+class _SocketWriter(io.BufferedIOBase):
+    """Writes go straight to the socket with sendall (what StreamRequestHandler uses when wbufsize is 0)."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self._sock = sock
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data: bytes) -> int:  # type: ignore[override]
+        self._sock.sendall(data)
+        return len(data)
+
+    def fileno(self) -> int:
+        return self._sock.fileno()
+
+
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     disable_nagle_algorithm = True  # without it, headers and body in two writes cost 40 ms (delayed ACK)
@@ -224,11 +275,15 @@ class _Handler(BaseHTTPRequestHandler):
     # standard default, HTTP/0.9, would send a bare HTML body that no AWS client can read.
     default_request_version = "HTTP/1.1"
     sys_version = ""
-    timeout = _IDLE_TIMEOUT_S
     server: HttpServer
 
     def setup(self) -> None:
-        super().setup()
+        self.connection = self.request
+        self.connection.settimeout(self.server.config.idle_timeout_s)
+        self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, True)
+        self._reader = _HeadReader(self.connection, self.server.config.request_head_timeout_s)
+        self.rfile = io.BufferedReader(self._reader)
+        self.wfile = _SocketWriter(self.connection)
         self._linger_after = False
         self.server.track(self.connection)
 
@@ -270,6 +325,23 @@ class _Handler(BaseHTTPRequestHandler):
         self._linger_after = True
         with contextlib.suppress(OSError):
             self.wfile.write(head.encode("latin-1") + (b"" if self.command == "HEAD" else data))
+
+    def handle_one_request(self) -> None:
+        self._reader.head_pending = True
+        try:
+            super().handle_one_request()
+        finally:
+            self._head_read()
+
+    def _head_read(self) -> None:
+        """The head is in: what is read next (the body) gets the idle timeout per read, no deadline."""
+        reader = self._reader
+        reader.head_pending = False
+        reader.deadline = None
+        if reader.retimed:
+            reader.retimed = False
+            with contextlib.suppress(OSError):
+                self.connection.settimeout(self.server.config.idle_timeout_s)
 
     def parse_request(self) -> bool:
         """BaseHTTPRequestHandler.parse_request, with the header block read into a plain dict.
@@ -361,6 +433,7 @@ class _Handler(BaseHTTPRequestHandler):
     def _serve(self) -> None:
         started = time.perf_counter()
         headers: dict[str, str] = self.headers  # type: ignore[assignment]  # see parse_request
+        self._head_read()
         framing = _framing_error(headers)
         if framing is not None:
             self.send_error(*framing)
@@ -475,10 +548,44 @@ class HttpServer(ThreadingHTTPServer):
         self.config = config
         self.guard = RequestGuard.for_server(host, config.allowed_hosts, config.allowed_origins)
         self.render_error: ErrorRenderer = render_error or (lambda request, error: _json_error(error))
+        self._slots = threading.BoundedSemaphore(config.max_connections)
         self._connections: set[socket.socket] = set()
         self._connections_lock = threading.Lock()
         self._thread: threading.Thread | None = None
         super().__init__((host, port), _Handler)
+
+    def process_request(self, request: socket.socket, client_address: object) -> None:  # type: ignore[override]
+        """A thread for the connection, or, past max_connections, a 503 from the accept loop itself."""
+        if not self._slots.acquire(blocking=False):
+            self._refuse_connection(request)
+            return
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self._slots.release()
+            self.shutdown_request(request)
+            raise
+
+    def process_request_thread(self, request: socket.socket, client_address: object) -> None:  # type: ignore[override]
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._slots.release()
+
+    def _refuse_connection(self, sock: socket.socket) -> None:
+        message = (
+            f"localcloud is serving its maximum of {self.config.max_connections} connections "
+            "(LOCALCLOUD_MAX_CONNECTIONS); retry shortly"
+        )
+        body = json.dumps({"__type": "ServiceUnavailable", "message": message}).encode()
+        head = (
+            "HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nRetry-After: 1\r\n"
+            f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+        )
+        with contextlib.suppress(OSError):
+            sock.setblocking(False)  # the accept loop never waits on a client
+            sock.send(head.encode() + body)
+        self.shutdown_request(sock)
 
     def serve_in_background(self, name: str = "localcloud-http") -> None:
         self._thread = threading.Thread(

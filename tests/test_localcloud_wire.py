@@ -6,9 +6,15 @@ neither waits for bytes that never come nor holds memory or threads without boun
 
 from __future__ import annotations
 
+import json
+import socket
+import time
+
 import pytest
 
-from tests.fixtures.raw_http import exchange, signed
+from localcloud.app import LocalCloud
+from localcloud.config import Config
+from tests.fixtures.raw_http import address, exchange, read_answer, request_bytes, signed
 
 STS_BODY = b"Action=GetCallerIdentity&Version=2011-06-15"
 STS_HEADERS = {"Authorization": signed("sts"), "Content-Type": "application/x-www-form-urlencoded"}
@@ -88,3 +94,68 @@ def test_the_header_block_is_bounded_in_size_not_only_per_line(localcloud):
     too_much = "".join(f"X-Pad-{i}: {'a' * 4000}\r\n" for i in range(20))  # ~80 KB in lines of 4 KB
     answer = exchange(localcloud.endpoint_url, sts_request(too_much + "Content-Length: 43\r\n", STS_BODY))
     assert (answer.status, answer.closed) == (431, True)
+
+
+def test_a_request_head_trickled_a_byte_at_a_time_is_cut_off(tmp_path):
+    with LocalCloud(Config(data_dir=tmp_path, port=0, request_head_timeout_s=1)) as cloud:
+        with socket.create_connection(address(cloud.endpoint_url), timeout=10) as slow:
+            started = time.monotonic()
+            slow.sendall(b"GET /_localcloud/health HTTP/1.1\r\n")
+            closed = False
+            while time.monotonic() - started < 5:
+                try:
+                    slow.sendall(b"X")  # one byte of a header line every 0.1 s: every read succeeds
+                except OSError:
+                    closed = True
+                    break
+                slow.settimeout(0.1)
+                try:
+                    if slow.recv(1024) == b"":
+                        closed = True
+                        break
+                except TimeoutError:
+                    pass
+                except ConnectionResetError:
+                    closed = True
+                    break
+            assert closed and time.monotonic() - started < 3
+
+        # A connection that sends nothing at all is closed as well.
+        with socket.create_connection(address(cloud.endpoint_url), timeout=5) as silent:
+            started = time.monotonic()
+            assert silent.recv(1) == b""
+            assert time.monotonic() - started < 3
+
+
+def test_an_idle_keep_alive_connection_is_closed_after_the_idle_timeout(tmp_path):
+    with (
+        LocalCloud(Config(data_dir=tmp_path, port=0, idle_timeout_s=1)) as cloud,
+        socket.create_connection(address(cloud.endpoint_url), timeout=5) as idle,
+    ):
+        idle.sendall(request_bytes("GET", "/_localcloud/health"))
+        first = read_answer(idle, time.perf_counter())
+        assert (first.status, first.closed) == (200, False)  # kept open for the next request...
+        started = time.monotonic()
+        idle.settimeout(5)
+        assert idle.recv(1) == b""  # ...until it has been idle for a second
+        assert 0.3 < time.monotonic() - started < 3
+
+
+# --- connections ------------------------------------------------------------------------------------
+
+
+def test_connections_beyond_the_cap_are_refused_fast_and_the_slot_comes_back(tmp_path):
+    with LocalCloud(Config(data_dir=tmp_path, port=0, max_connections=3)) as cloud:
+        held = [socket.create_connection(address(cloud.endpoint_url), timeout=5) for _ in range(3)]
+        try:
+            time.sleep(0.3)  # let the server accept them
+            answer = exchange(cloud.endpoint_url, b"", timeout=3)
+            assert (answer.status, answer.closed) == (503, True)
+            assert "LOCALCLOUD_MAX_CONNECTIONS" in json.loads(answer.body)["message"]
+            assert answer.seconds < 1
+            held.pop().close()
+            time.sleep(0.3)
+            assert exchange(cloud.endpoint_url, request_bytes("GET", "/_localcloud/health")).status == 200
+        finally:
+            for sock in held:
+                sock.close()
