@@ -32,6 +32,8 @@ class Config:
     idle_timeout_s: int = 60
     # A request's line and headers must arrive within this long of its first byte (slowloris).
     request_head_timeout_s: int = 10
+    # Lambda Event invocations accepted but not finished; past it Invoke answers 429.
+    lambda_event_queue: int = 100
 
     @classmethod
     def from_env(cls, **overrides: object) -> Config:

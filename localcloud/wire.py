@@ -137,6 +137,8 @@ class RequestBody:
         """Read and drop what is left, up to `max_bytes`; True if the body was fully consumed."""
         if self._send_continue is not None:
             return False  # the client never sent it; the connection must close instead
+        if self.length is not None and self.length - self.bytes_read > max_bytes:
+            return False  # known to be too long: waiting for it would wait on a client that may not send it
         dropped = 0
         while not self._done and dropped <= max_bytes:
             dropped += len(self.read(self._READ_SIZE))

@@ -11,10 +11,13 @@ import socket
 import time
 
 import pytest
+from botocore.config import Config as BotoConfig
+from botocore.exceptions import ClientError
 
 from localcloud.app import LocalCloud
 from localcloud.config import Config
 from tests.fixtures.raw_http import address, exchange, read_answer, request_bytes, signed
+from tests.test_localcloud_lambda import create_function, error_code
 
 STS_BODY = b"Action=GetCallerIdentity&Version=2011-06-15"
 STS_HEADERS = {"Authorization": signed("sts"), "Content-Type": "application/x-www-form-urlencoded"}
@@ -159,3 +162,45 @@ def test_connections_beyond_the_cap_are_refused_fast_and_the_slot_comes_back(tmp
         finally:
             for sock in held:
                 sock.close()
+
+
+# --- per-operation body limits ------------------------------------------------------------------------
+
+
+def test_an_invoke_body_is_held_to_invokes_limit_before_it_is_read(localcloud):
+    lam = localcloud.client("lambda")
+    create_function(lam, "f")
+    headers = {"Authorization": signed("lambda"), "Content-Type": "application/json"}
+    for invocation_type, length, words in [
+        ("RequestResponse", 60_000_000, "smaller than 6291456 bytes for the InvokeFunction operation"),
+        ("Event", 2_000_000, "too large for the Event invocation type (limit 1048576 bytes)"),
+    ]:
+        head = {**headers, "X-Amz-Invocation-Type": invocation_type, "Content-Length": str(length)}
+        # Only the head is sent: an answer that waited for 60 MB would never come.
+        raw = request_bytes("POST", "/2015-03-31/functions/f/invocations", head)
+        answer = exchange(localcloud.endpoint_url, raw, timeout=3)
+        assert answer.status == 413, answer.body
+        assert answer.headers["x-amzn-errortype"] == "RequestEntityTooLargeException"
+        assert words in json.loads(answer.body)["message"]
+
+    # A deployment package keeps its own, larger limit: the server asks for that body.
+    head = {**headers, "Content-Length": "60000000", "Expect": "100-continue"}
+    with socket.create_connection(address(localcloud.endpoint_url), timeout=3) as sock:
+        sock.sendall(request_bytes("POST", "/2015-03-31/functions", head))
+        assert sock.recv(100).startswith(b"HTTP/1.1 100 Continue")
+
+
+def test_event_invocations_beyond_the_queue_are_throttled(tmp_path):
+    with LocalCloud(Config(data_dir=tmp_path, port=0, lambda_event_queue=2)) as cloud:
+        lam = cloud.client("lambda", config=BotoConfig(retries={"max_attempts": 1}))  # a retry would wait
+        create_function(lam, "slow")
+        payload = json.dumps({"sleep": 3}).encode()
+        for _ in range(2):
+            assert (
+                lam.invoke(FunctionName="slow", InvocationType="Event", Payload=payload)["StatusCode"] == 202
+            )
+        with pytest.raises(ClientError) as excinfo:
+            lam.invoke(FunctionName="slow", InvocationType="Event", Payload=payload)
+        assert error_code(excinfo) == "TooManyRequestsException"
+        assert excinfo.value.response["ResponseMetadata"]["HTTPStatusCode"] == 429
+        assert "LOCALCLOUD_LAMBDA_EVENT_QUEUE" in excinfo.value.response["Error"]["Message"]
