@@ -7,7 +7,9 @@ neither waits for bytes that never come nor holds memory or threads without boun
 from __future__ import annotations
 
 import json
+import random
 import socket
+import string
 import time
 
 import pytest
@@ -17,7 +19,8 @@ from botocore.exceptions import ClientError
 from localcloud.app import LocalCloud
 from localcloud.config import Config
 from tests.fixtures.raw_http import address, exchange, read_answer, request_bytes, signed
-from tests.test_localcloud_lambda import create_function, error_code
+from tests.test_localcloud_apigateway import lambda_with_alias
+from tests.test_localcloud_lambda import ECHO, create_function, error_code, make_zip
 
 STS_BODY = b"Action=GetCallerIdentity&Version=2011-06-15"
 STS_HEADERS = {"Authorization": signed("sts"), "Content-Type": "application/x-www-form-urlencoded"}
@@ -204,3 +207,43 @@ def test_event_invocations_beyond_the_queue_are_throttled(tmp_path):
         assert error_code(excinfo) == "TooManyRequestsException"
         assert excinfo.value.response["ResponseMetadata"]["HTTPStatusCode"] == 429
         assert "LOCALCLOUD_LAMBDA_EVENT_QUEUE" in excinfo.value.response["Error"]["Message"]
+
+
+# --- API Gateway -------------------------------------------------------------------------------------
+
+
+def test_unknown_api_ids_are_not_remembered(localcloud):
+    import http.client
+
+    lam, apis = localcloud.client("lambda"), localcloud.client("apigatewayv2")
+    target = lambda_with_alias(lam, "echo", make_zip({"app.py": ECHO}))
+    api = apis.create_api(Name="real", ProtocolType="HTTP", Target=target, RouteKey="POST /echo")
+    host, port = address(localcloud.endpoint_url)
+    connection = http.client.HTTPConnection(host, port, timeout=10)
+    for _ in range(2000):
+        api_id = "".join(random.choices(string.ascii_lowercase + string.digits, k=10))  # noqa: S311
+        connection.request("POST", f"/_aws/execute-api/{api_id}/echo", body=b"{}")
+        response = connection.getresponse()
+        assert (response.status, response.read()) == (404, b'{"message":"Not Found"}')
+    connection.request("POST", f"/_aws/execute-api/{api['ApiId']}/echo", body=b"{}")
+    assert connection.getresponse().status == 200
+    connection.close()
+    assert len(localcloud.cloud.apigateway._live) <= 1  # only the API that exists
+
+
+def test_an_http_api_body_over_lambdas_limit_gets_413_and_invokes_nothing(localcloud):
+    lam, apis = localcloud.client("lambda"), localcloud.client("apigatewayv2")
+    target = lambda_with_alias(lam, "mnist", make_zip({"app.py": ECHO}))
+    api = apis.create_api(Name="mnist", ProtocolType="HTTP", Target=target, RouteKey="POST /mnist")
+    path = f"/_aws/execute-api/{api['ApiId']}/mnist"
+
+    nine_mb = json.dumps({"input": [0] * 3_000_000}).encode()  # the report's 9 MB body
+    # A 5 MB binary body is base64-encoded into the event: 6.7 MB, over Lambda's limit too.
+    binary = bytes(5_000_000)
+    for body, content_type in [(nine_mb, "application/json"), (binary, "application/octet-stream")]:
+        raw = request_bytes("POST", path, {"Content-Type": content_type}, body)
+        answer = exchange(localcloud.endpoint_url, raw, timeout=10)
+        assert answer.status == 413, answer.body[:200]
+        assert json.loads(answer.body) == {"message": "Request Entity Too Large"}
+        assert "apigw-requestid" in answer.headers
+    assert localcloud.cloud.lambda_.runtime.worker_count() == 0  # the function never ran
