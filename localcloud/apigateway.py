@@ -319,23 +319,22 @@ class ApiGatewayBackend(Backend):
         target = api.targets.get(route.integration_id or "")
         if target is None:
             return NOT_FOUND
-        too_large = json_response(TOO_LARGE, 413, {"Apigw-Requestid": request.request_id})
         try:
             # The event that carries the body must fit Lambda's 6 MB, so no longer body can be invoked with:
             # refused before it is read, as the HTTP API's own 10 MB limit would be.
             body = request.body.read_all(min(MAX_BODY_BYTES, MAX_INVOKE_PAYLOAD_BYTES), _too_large)
         except ServiceError:
-            return too_large
+            return _too_large_response(request)
         payload = json.dumps(
             self._event(request, api_id, route.route_key, path, path_parameters, body)
         ).encode()
         if len(payload) > MAX_INVOKE_PAYLOAD_BYTES:  # headers and base64 made a body that fit too large
-            return too_large
+            return _too_large_response(request)
         try:
             result = self.lambda_.invoke(target[0], target[1], payload)
         except ServiceError as error:
             if error.status == 413:
-                return too_large
+                return _too_large_response(request)
             status, message = (
                 (503, "Service Unavailable") if error.status == 429 else (500, "Internal Server Error")
             )
@@ -404,6 +403,10 @@ class ApiGatewayBackend(Backend):
             else:
                 event["body"] = text
         return event
+
+
+def _too_large_response(request: Request) -> Response:
+    return json_response(TOO_LARGE, 413, {"Apigw-Requestid": request.request_id})
 
 
 def _too_large(limit: int) -> ServiceError:
