@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote, urlencode
 
 from localcloud.config import Config
+from localcloud.lambda_ import MAX_INVOKE_PAYLOAD_BYTES
 from localcloud.service import Backend, Service, operation
 from localcloud.store import Store
 from localcloud.wire import Request, Response, ServiceError, json_response
@@ -45,6 +46,8 @@ if TYPE_CHECKING:
 API_KIND = "apigateway/api"
 EXECUTE_PREFIX = "/_aws/execute-api/"
 MAX_BODY_BYTES = 10 * 1024 * 1024  # HTTP API payload limit
+LIVE_API_CACHE = 1024  # compiled APIs kept in memory; an account may have 600 HTTP APIs per region
+TOO_LARGE = {"message": "Request Entity Too Large"}
 DEFAULT_STAGE = "$default"
 INTEGRATION_TIMEOUT_MS = 30_000
 
@@ -60,6 +63,7 @@ _TEXT_TYPES = re.compile(
     r"(text/.*|application/(json|javascript|xml|x-www-form-urlencoded|[\w.+-]+\+(json|xml)))", re.IGNORECASE
 )
 _ID_ALPHABET = string.ascii_lowercase + string.digits
+_API_ID = re.compile(r"[a-z0-9]{10}")
 
 NOT_FOUND = json_response({"message": "Not Found"}, 404)
 
@@ -154,7 +158,9 @@ class ApiGatewayBackend(Backend):
         self.config = config
         self.lambda_ = lambda_
         self.endpoint_url = ""
-        self._live: dict[str, _LiveApi | None] = {}
+        # Only APIs that exist, at most LIVE_API_CACHE (the oldest is dropped): never a requested id that
+        # does not, or any client could grow it without bound.
+        self._live: dict[str, _LiveApi] = {}
         self._lock = threading.Lock()
 
     def start(self, cloud: LocalCloud) -> None:
@@ -275,22 +281,25 @@ class ApiGatewayBackend(Backend):
 
     def _live_api(self, api_id: str) -> _LiveApi | None:
         live = self._live.get(api_id)
-        if live is not None or api_id in self._live:
+        if live is not None:
             return live
+        if not _API_ID.fullmatch(api_id):
+            return None  # not an id CreateApi makes: no store lookup
         doc = self.store.get(API_KIND, api_id)
         if doc is None:
-            live = None
-        else:
-            routes = sorted(
-                (_Route.compile(r["RouteKey"], r.get("Target")) for r in doc["routes"].values()),
-                key=lambda route: route.rank,
-            )
-            targets = {
-                integration_id: self.lambda_.parse_ref(_lambda_arn(integration["IntegrationUri"]))
-                for integration_id, integration in doc["integrations"].items()
-            }
-            live = _LiveApi(api_id, routes, targets)
+            return None
+        routes = sorted(
+            (_Route.compile(r["RouteKey"], r.get("Target")) for r in doc["routes"].values()),
+            key=lambda route: route.rank,
+        )
+        targets = {
+            integration_id: self.lambda_.parse_ref(_lambda_arn(integration["IntegrationUri"]))
+            for integration_id, integration in doc["integrations"].items()
+        }
+        live = _LiveApi(api_id, routes, targets)
         with self._lock:
+            if len(self._live) >= LIVE_API_CACHE:
+                self._live.pop(next(iter(self._live)))
             self._live[api_id] = live
         return live
 
@@ -311,13 +320,21 @@ class ApiGatewayBackend(Backend):
         if target is None:
             return NOT_FOUND
         try:
-            body = request.body.read_all(MAX_BODY_BYTES, _too_large)
+            # The event that carries the body must fit Lambda's 6 MB, so no longer body can be invoked with:
+            # refused before it is read, as the HTTP API's own 10 MB limit would be.
+            body = request.body.read_all(min(MAX_BODY_BYTES, MAX_INVOKE_PAYLOAD_BYTES), _too_large)
         except ServiceError:
-            return json_response({"message": "Request Entity Too Large"}, 413)
-        event = self._event(request, api_id, route.route_key, path, path_parameters, body)
+            return _too_large_response(request)
+        payload = json.dumps(
+            self._event(request, api_id, route.route_key, path, path_parameters, body)
+        ).encode()
+        if len(payload) > MAX_INVOKE_PAYLOAD_BYTES:  # headers and base64 made a body that fit too large
+            return _too_large_response(request)
         try:
-            result = self.lambda_.invoke(target[0], target[1], json.dumps(event).encode())
+            result = self.lambda_.invoke(target[0], target[1], payload)
         except ServiceError as error:
+            if error.status == 413:
+                return _too_large_response(request)
             status, message = (
                 (503, "Service Unavailable") if error.status == 429 else (500, "Internal Server Error")
             )
@@ -386,6 +403,10 @@ class ApiGatewayBackend(Backend):
             else:
                 event["body"] = text
         return event
+
+
+def _too_large_response(request: Request) -> Response:
+    return json_response(TOO_LARGE, 413, {"Apigw-Requestid": request.request_id})
 
 
 def _too_large(limit: int) -> ServiceError:

@@ -29,7 +29,8 @@ from localcloud.server import HttpServer, Router, is_loopback
 from localcloud.service import Backend, Service
 from localcloud.store import Store
 from localcloud.sts import StsService
-from localcloud.wire import Request, Response, json_response
+from localcloud.trust import RequestGuard
+from localcloud.wire import Request, Response, ServiceError, json_response
 
 logger = logging.getLogger("localcloud")
 
@@ -83,6 +84,7 @@ class LocalCloud:
                 "reachable from other machines; pass --allow-non-loopback "
                 "(LOCALCLOUD_ALLOW_NON_LOOPBACK=1) to do it anyway"
             )
+        RequestGuard(self.config.allowed_hosts, self.config.allowed_origins)  # bad settings fail here, named
         self.store = Store(self.config.data_dir)
         started: list[Backend] = []
         try:
@@ -98,7 +100,7 @@ class LocalCloud:
                 {(method, FAULTS_PATH): self.faults.handle for method in ("GET", "POST", "DELETE")}
             )
             router = Router(self.services, internal)
-            self._server = _bind(host, port, router.dispatch, self.config.region)
+            self._server = _bind(host, port, router.dispatch, self.config, router.error_response)
             self.endpoint_url = f"http://{_url_host(host)}:{self._server.server_address[1]}"
             for backend in self.backends:
                 backend.start(self)
@@ -139,7 +141,7 @@ class LocalCloud:
         For endpoints whose clients cannot be told a path, only a host:port: e.g. a Lambda Runtime API
         per worker (AWS_LAMBDA_RUNTIME_API). The URL is `http://127.0.0.1:{server.server_address[1]}`.
         """
-        server = _bind("127.0.0.1", 0, dispatch, self.config.region)
+        server = _bind("127.0.0.1", 0, dispatch, self.config)
         server.serve_in_background(name)
         self._side_servers.append(server)
         return server
@@ -176,9 +178,15 @@ class LocalCloud:
         return make_client(self.endpoint_url, service_name, self.config.region, **kwargs)
 
 
-def _bind(host: str, port: int, dispatch: Callable[[Request], Response], region: str) -> HttpServer:
+def _bind(
+    host: str,
+    port: int,
+    dispatch: Callable[[Request], Response],
+    config: Config,
+    render_error: Callable[[Request, ServiceError], Response] | None = None,
+) -> HttpServer:
     try:
-        return HttpServer(host, port, dispatch, region)
+        return HttpServer(host, port, dispatch, config, render_error)
     except OSError as error:
         if error.errno == errno.EADDRINUSE:
             raise RuntimeError(

@@ -1,7 +1,7 @@
 """`localcloud serve` runs the local AWS in the foreground; `localcloud status` asks a running one.
 
 Settings come from flags, then LOCALCLOUD_* environment variables (LOCALCLOUD_HOST, LOCALCLOUD_PORT,
-LOCALCLOUD_DATA_DIR, ...), then defaults (127.0.0.1:4566, ./.localcloud).
+LOCALCLOUD_DATA_DIR, LOCALCLOUD_ALLOWED_HOSTS, ...), then defaults (127.0.0.1:4566, ./.localcloud).
 """
 
 from __future__ import annotations
@@ -36,6 +36,18 @@ def main(argv: list[str] | None = None) -> int:
         default=None,
         help="allow listening on a non-loopback address; anyone who can reach it gets full access",
     )
+    serve.add_argument(
+        "--allowed-hosts",
+        metavar="NAMES",
+        help="comma-separated host names requests may name besides 127.0.0.1, localhost and [::1] "
+        "(e.g. a compose service name)",
+    )
+    serve.add_argument(
+        "--allowed-origins",
+        metavar="ORIGINS",
+        help="comma-separated browser origins (scheme://host[:port]) whose pages may call localcloud; "
+        "none by default",
+    )
     serve.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
 
     status = commands.add_parser("status", help="print a running localcloud's services and resource counts")
@@ -58,7 +70,7 @@ def _default_endpoint() -> str:
 def _serve(args: argparse.Namespace) -> int:
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     from localcloud.app import LocalCloud  # imports botocore; keep `status` and `--help` instant
-    from localcloud.config import Config
+    from localcloud.config import Config, split_list
     from localcloud.store import DataDirInUse
 
     try:
@@ -69,6 +81,8 @@ def _serve(args: argparse.Namespace) -> int:
             region=args.region,
             account_id=args.account_id,
             allow_non_loopback=args.allow_non_loopback,
+            allowed_hosts=None if args.allowed_hosts is None else split_list(args.allowed_hosts),
+            allowed_origins=None if args.allowed_origins is None else split_list(args.allowed_origins),
         )
         cloud = LocalCloud(config).start()
     except (ValueError, RuntimeError, DataDirInUse) as error:

@@ -18,10 +18,22 @@ class Config:
     region: str = "us-east-1"
     account_id: str = "000000000000"
     allow_non_loopback: bool = False
+    # Host names besides 127.0.0.1, localhost and [::1] that requests may name (a compose service name).
+    allowed_hosts: tuple[str, ...] = ()
+    # Browser origins (scheme://host[:port]) whose pages may call localcloud; none by default.
+    allowed_origins: tuple[str, ...] = ()
     # JSON and XML API bodies; AWS's own limit for Lambda Invoke payloads is 6 MB.
     max_request_bytes: int = 6 * MiB
     # One S3 PutObject or UploadPart, streamed to disk; AWS allows 5 GiB.
     max_object_bytes: int = 5 * GiB
+    # Open connections, each served by a thread; past it a connection gets 503 and is closed.
+    max_connections: int = 256
+    # A keep-alive connection with no request for this long is closed (also a stalled body read).
+    idle_timeout_s: int = 60
+    # A request's line and headers must arrive within this long of its first byte (slowloris).
+    request_head_timeout_s: int = 10
+    # Lambda Event invocations accepted but not finished; past it Invoke answers 429.
+    lambda_event_queue: int = 100
 
     @classmethod
     def from_env(cls, **overrides: object) -> Config:
@@ -36,6 +48,11 @@ class Config:
         return replace(config, data_dir=Path(config.data_dir).absolute())
 
 
+def split_list(raw: str) -> tuple[str, ...]:
+    """A comma-separated setting ("a, b,") as a tuple of its non-empty items."""
+    return tuple(item.strip() for item in raw.split(",") if item.strip())
+
+
 def _parse(name: str, raw: str, kind: object) -> object:
     if kind in (int, "int"):
         try:
@@ -46,4 +63,6 @@ def _parse(name: str, raw: str, kind: object) -> object:
         return raw.strip().lower() in ("1", "true", "yes", "on")
     if kind in (Path, "Path"):
         return Path(raw)
+    if kind in (tuple[str, ...], "tuple[str, ...]"):
+        return split_list(raw)
     return raw

@@ -78,6 +78,7 @@ CODE_KIND = "lambda/code"
 
 LATEST = "$LATEST"
 MAX_INVOKE_PAYLOAD_BYTES = 6 * 1024 * 1024  # synchronous Invoke request payload, as on AWS
+MAX_EVENT_PAYLOAD_BYTES = 1024 * 1024  # an Event (asynchronous) invocation's payload, as on AWS since 2025
 MAX_REQUEST_BYTES = 70_167_211  # a CreateFunction body with a 50 MB zip, base64-encoded, as on AWS
 MAX_UNZIPPED_BYTES = 262_144_000
 MAX_ENVIRONMENT_BYTES = 4096
@@ -247,6 +248,7 @@ class LambdaBackend(Backend):
         self._deployer: threading.Thread | None = None
         self._async: concurrent.futures.ThreadPoolExecutor | None = None
         self._async_lock = threading.Lock()
+        self._events_pending = 0  # Event invocations accepted and not finished
 
     # --- lifecycle ---------------------------------------------------------------------------------
 
@@ -771,13 +773,9 @@ class LambdaBackend(Backend):
         client_context: str | None = None,
     ) -> InvocationResult | None:
         """Run the function (sync), queue it (Event) or only check it could run (DryRun: None)."""
-        if len(payload) > MAX_INVOKE_PAYLOAD_BYTES:
-            raise ServiceError(
-                "RequestEntityTooLargeException",
-                f"Request must be smaller than {MAX_INVOKE_PAYLOAD_BYTES} bytes for the InvokeFunction operation",
-                413,
-                Type="User",
-            )
+        limit = MAX_EVENT_PAYLOAD_BYTES if invocation_type == "Event" else MAX_INVOKE_PAYLOAD_BYTES
+        if len(payload) > limit:
+            raise payload_too_large(limit, len(payload))
         name, qualifier = (
             (function_name, qualifier)
             if _NAME.fullmatch(function_name)
@@ -788,7 +786,7 @@ class LambdaBackend(Backend):
         if invocation_type == "DryRun":
             return None
         if invocation_type == "Event":
-            self._async_pool().submit(self._invoke_quietly, name, qualifier, payload or b"{}")
+            self._queue_event(name, qualifier, payload or b"{}")
             return None
         for _ in range(3):
             version, pool = target.pick()
@@ -807,17 +805,43 @@ class LambdaBackend(Backend):
                 target = self._target(name, qualifier)
         raise ServiceError("ServiceException", f"{name} kept changing while it was being invoked; retry", 500)
 
-    def _invoke_quietly(self, name: str, qualifier: str | None, payload: bytes) -> None:
+    def _queue_event(self, name: str, qualifier: str | None, payload: bytes) -> None:
+        """Run an Event invocation later, unless `lambda_event_queue` of them are already waiting or running.
+
+        AWS keeps an asynchronous queue per function; here each queued event holds its payload (up to
+        1 MB) in memory, so the queue is bounded and a full one answers as a throttled Lambda does.
+        """
+        with self._async_lock:
+            if self._events_pending >= self.config.lambda_event_queue:
+                raise ServiceError(
+                    "TooManyRequestsException",
+                    f"Rate Exceeded: {self._events_pending} Event invocations are already queued or running "
+                    "(LOCALCLOUD_LAMBDA_EVENT_QUEUE)",
+                    429,
+                    Type="User",
+                    Reason="ConcurrentInvocationLimitExceeded",
+                )
+            if self._async is None:
+                self._async = concurrent.futures.ThreadPoolExecutor(4, thread_name_prefix="lambda-event")
+            self._events_pending += 1
+            pool = self._async
+        try:
+            pool.submit(self._run_event, name, qualifier, payload)
+        except RuntimeError:  # shutting down
+            self._event_done()
+            raise
+
+    def _run_event(self, name: str, qualifier: str | None, payload: bytes) -> None:
         try:
             self.invoke(name, qualifier, payload)
         except Exception:
             logger.debug("asynchronous invocation of %s failed", name, exc_info=True)
+        finally:
+            self._event_done()
 
-    def _async_pool(self) -> concurrent.futures.ThreadPoolExecutor:
+    def _event_done(self) -> None:
         with self._async_lock:
-            if self._async is None:
-                self._async = concurrent.futures.ThreadPoolExecutor(4, thread_name_prefix="lambda-event")
-            return self._async
+            self._events_pending -= 1
 
     def _target(self, name: str, qualifier: str | None) -> _Target:
         generation = self._generations.get(name, 0)
@@ -1198,15 +1222,16 @@ class LambdaService(Service):
     unsigned_path_prefixes = ("/_localcloud/lambda/",)
     backend: LambdaBackend
 
-    @property
-    def max_request_bytes(self) -> int:
-        # Zips travel base64-encoded in CreateFunction/UpdateFunctionCode; Invoke checks its own 6 MB limit.
-        return MAX_REQUEST_BYTES
+    def body_limit(self, operation_name: str | None, request: Request) -> int:
+        if operation_name == "Invoke":  # checked before the payload is read, as Lambda does
+            event = request.headers.get("x-amz-invocation-type") == "Event"
+            return MAX_EVENT_PAYLOAD_BYTES if event else MAX_INVOKE_PAYLOAD_BYTES
+        if operation_name in ("CreateFunction", "UpdateFunctionCode"):
+            return MAX_REQUEST_BYTES  # the zip travels base64-encoded in the JSON body
+        return self.config.max_request_bytes
 
     def request_too_large(self, limit: int) -> ServiceError:
-        return ServiceError(
-            "RequestEntityTooLargeException", f"Request must be smaller than {limit} bytes", 413, Type="User"
-        )
+        return payload_too_large(limit)
 
     # --- functions -----------------------------------------------------------------------------------
 
@@ -1355,6 +1380,18 @@ class LambdaService(Service):
         file = self.backend.open_code(code_id)
         size = os.fstat(file.fileno()).st_size
         return Response(200, {"Content-Type": "application/zip"}, FileBody(file, 0, size))
+
+
+def payload_too_large(limit: int, size: int | None = None) -> ServiceError:
+    """Lambda's RequestEntityTooLargeException, in its words for Invoke and for other operations."""
+    if limit == MAX_EVENT_PAYLOAD_BYTES:
+        measured = f"{size} byte payload" if size is not None else "The payload"
+        message = f"{measured} is too large for the Event invocation type (limit {limit} bytes)"
+    elif limit == MAX_INVOKE_PAYLOAD_BYTES:
+        message = f"Request must be smaller than {limit} bytes for the InvokeFunction operation"
+    else:
+        message = f"Request must be smaller than {limit} bytes"
+    return ServiceError("RequestEntityTooLargeException", message, 413, Type="User")
 
 
 def _check_json(payload: bytes) -> None:

@@ -51,6 +51,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from localcloud.processes import ProcessGroups, end_group, python_command, signal_group
+from localcloud.trust import RequestGuard
 from localcloud.wire import Response, ServiceError, json_response
 
 if TYPE_CHECKING:
@@ -381,6 +382,9 @@ def _encode(response: Response) -> bytes:
     return "\r\n".join(head).encode() + response.body
 
 
+_LOOPBACK_ONLY = RequestGuard()  # the worker's client says Host: 127.0.0.1:<port> and sends no Origin
+
+
 class RuntimeApiServer:
     """One worker's Runtime API: a loopback port serving the runtime client's requests in order.
 
@@ -438,6 +442,12 @@ class RuntimeApiServer:
             for line in lines[1:]:
                 name, _, value = line.partition(":")
                 headers[name.strip().lower()] = value.strip()
+            if (refusal := _LOOPBACK_ONLY.refusal(headers)) is not None:
+                # A web page can reach this port too; answer it and close, so the worker can connect.
+                connection.sendall(
+                    _encode(json_response({"errorMessage": refusal, "errorType": "Forbidden"}, 403))
+                )
+                return
             length = int(headers.get("content-length") or 0)
             if len(pending) < length and headers.get("expect", "").lower() == "100-continue":
                 connection.sendall(b"HTTP/1.1 100 Continue\r\n\r\n")

@@ -313,8 +313,10 @@ class Protocol:
             "UnknownOperationException", f"{self.model.metadata['serviceId']} has no operation {description}"
         )
 
-    def _read_body(self, request: Request) -> bytes:
-        return request.body.read_all(self.service.max_request_bytes, self.service.request_too_large)
+    def _read_body(self, request: Request, operation: Operation | None) -> bytes:
+        """The whole body, held to the operation's own limit before a byte of it is read."""
+        limit = self.service.body_limit(operation.name if operation else None, request)
+        return request.body.read_all(limit, self.service.request_too_large)
 
 
 class JsonProtocol(Protocol):
@@ -333,7 +335,7 @@ class JsonProtocol(Protocol):
         return self.model.operation_model(name), {}
 
     def parse_input(self, operation: Operation, request: Request, context: dict[str, Any]) -> dict[str, Any]:
-        raw = self._read_body(request)
+        raw = self._read_body(request, operation)
         try:
             document = json.loads(raw) if raw.strip() else {}
         except ValueError as error:
@@ -462,12 +464,12 @@ class _RestProtocol(Protocol):
             if member.type_name == "blob" and member.serialization.get("streaming"):
                 params[payload] = request.body  # the handler streams it (S3 uploads)
             elif member.type_name in ("blob", "string"):
-                raw = self._read_body(request)
+                raw = self._read_body(request, operation)
                 params[payload] = raw if member.type_name == "blob" else raw.decode()
-            elif raw := self._read_body(request):
+            elif raw := self._read_body(request, operation):
                 params[payload] = self.decode_document(member, raw)
         elif any(not m.serialization.get("location") for m in shape.members.values()):
-            raw = self._read_body(request)
+            raw = self._read_body(request, operation)
             if raw.strip():
                 body = self.decode_document(shape, raw)
                 params.update(
@@ -597,7 +599,7 @@ class QueryProtocol(Protocol):
     def find_operation(self, request: Request) -> tuple[Operation, dict[str, Any]]:
         form = dict(request.query)
         if request.method == "POST":
-            form.update(parse_qs(self._read_body(request).decode(), keep_blank_values=True))
+            form.update(parse_qs(self._read_body(request, None).decode(), keep_blank_values=True))
         params = {key: values[0] for key, values in form.items()}
         action = params.get("Action", "")
         if action not in self.model.operation_names:

@@ -30,7 +30,7 @@ from localcloud.config import Config
 from localcloud.protocols import to_datetime
 from localcloud.service import Backend, Service, operation
 from localcloud.store import Store
-from localcloud.wire import FileBody, Request, Response, ServiceError
+from localcloud.wire import FileBody, Request, Response, ServiceError, chunk_size
 
 if TYPE_CHECKING:
     from localcloud.app import LocalCloud
@@ -90,7 +90,7 @@ class AwsChunkedReader:
         if self._left == 0:
             header = self._readline()
             try:
-                self._left = int(header.split(b";", 1)[0], 16)
+                self._left = chunk_size(header)
             except ValueError:
                 raise ServiceError(
                     "InvalidRequest", f"malformed aws-chunked chunk header {header[:60]!r}"

@@ -7,18 +7,34 @@ blocking handlers are moved to a thread pool, which they must be here. One threa
 a handler may block on SQLite, disk or a long-poll without stalling other requests, large bodies stream
 straight from the socket to disk, and there is nothing to import: the server starts in milliseconds.
 
+Before a request is routed, with only its head read:
+1. its framing must be unambiguous: Content-Length plain digits, Transfer-Encoding exactly "chunked",
+   never both (400 or 501, and the connection closes);
+2. the RequestGuard (trust.py) must accept its Host, Origin, Sec-Fetch-Site and Referer: 403 otherwise,
+   before any body is read.
+
 Routing, in order:
 1. `/_localcloud/...` endpoints of localcloud itself (health);
-2. signed requests: the service in the SigV4 credential scope (`Credential=AKID/date/region/s3/...`,
-   or `X-Amz-Credential` in a presigned URL). Signatures are never verified: any credentials work;
-3. unsigned requests: the X-Amz-Target prefix, then a service's unsigned path prefixes, then a form
-   POST with Action= (query protocol), and finally S3 (anonymous S3 requests are the common case).
+2. signed requests: the service in the SigV4 credential scope, from a whole SigV4 Authorization header
+   (`AWS4-HMAC-SHA256 Credential=AKID/date/region/s3/aws4_request, SignedHeaders=..., Signature=...`) or
+   a presigned URL carrying X-Amz-Credential and X-Amz-Signature; S3's SigV2 (`Authorization: AWS
+   AKID:sig`, or the AWSAccessKeyId/Signature query boto3 still presigns S3 URLs with) is S3's.
+   Signatures are never verified: any credentials work;
+3. unsigned requests reach only the paths services publish unsigned (an HTTP API's invoke URL, the
+   Lambda code download); anything else unsigned gets the service's own "missing authentication"
+   error (S3 AccessDenied, MissingAuthenticationToken(Exception) for X-Amz-Target / Action= requests),
+   403, having changed nothing.
+
+Resources are bounded: `max_connections` connection threads (past it: 503 and close, in the accept
+loop), a request head within `request_head_timeout_s` of its first byte and 64 KiB in 100 lines,
+`idle_timeout_s` between keep-alive requests and per body read.
 """
 
 from __future__ import annotations
 
 import contextlib
 import email.utils
+import io
 import ipaddress
 import json
 import logging
@@ -33,19 +49,32 @@ from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs
 
+from localcloud.config import Config
 from localcloud.service import Service
+from localcloud.trust import RequestGuard
 from localcloud.wire import FileBody, Request, RequestBody, Response, ServiceError
 
 logger = logging.getLogger("localcloud")
 
-_SCOPE = re.compile(r"Credential=([^/,\s]+)/(\d{8})/([^/]+)/([^/]+)/aws4_request")
-_IDLE_TIMEOUT_S = 300  # keep-alive connections idle longer than this are closed
-_MAX_HEADER_LINE = 65536  # http.client's limits, which the standard parse_request applies
+# A whole SigV4 Authorization header, as every AWS SDK writes it.
+_SIGV4 = re.compile(
+    r"AWS4-HMAC-SHA256 Credential=[^/,\s]+/\d{8}/([a-z0-9-]+)/([a-z0-9-]+)/aws4_request,\s*"
+    r"SignedHeaders=[a-z0-9;._-]+,\s*Signature=[0-9a-f]+"
+)
+_SIGV2 = re.compile(r"AWS [^:\s]+:\S+")  # S3's legacy header signature
+# The whole header block, and so any one line (http.client's per-line limit): 8x S3's 8 KB request
+# headers, 6x the 10,240 bytes of request line and headers an HTTP API takes.
+_MAX_HEAD_BYTES = 65536
 _MAX_HEADERS = 100
+_MAX_CONTENT_LENGTH_DIGITS = 18  # under 2^63: an upload of up to 999 PB, which no limit here lets through
+# Headers a request may carry once: two differing lengths, or a second Host, is how smuggling starts.
+_SINGLE_HEADERS = frozenset({"content-length", "transfer-encoding", "host"})
 _HTTP_VERSION = re.compile(r"HTTP/(\d{1,10})\.(\d{1,10})")
 _DRAIN_LIMIT = 1 << 20  # an unread body smaller than this is drained to keep the connection; else it closes
+_LINGER_S = 2.0  # after answering early and closing, how long unread input is discarded (see _linger)
 
 InternalHandler = Callable[[Request], Response]
+ErrorRenderer = Callable[[Request, ServiceError], Response]
 
 
 def is_loopback(host: str) -> bool:
@@ -57,16 +86,25 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-def credential_scope(headers: dict[str, str], query: dict[str, list[str]]) -> tuple[str, str] | None:
-    """(region, signing service) from a SigV4 Authorization header or presigned URL, if signed."""
-    found = _SCOPE.search(headers.get("authorization", ""))
-    if found:
-        return found.group(3), found.group(4)
-    presigned = query.get("X-Amz-Credential")
-    if presigned:
-        parts = presigned[0].split("/")
-        if len(parts) == 5:
+def credential_scope(headers: dict[str, str], query: dict[str, list[str]]) -> tuple[str | None, str] | None:
+    """(region, signing service) of a signed request, None if it is not signed.
+
+    Signed means a whole SigV4 Authorization header, a presigned URL with X-Amz-Credential and
+    X-Amz-Signature, or S3's SigV2 (header or query; it carries no region). Nothing is verified.
+    """
+    authorization = headers.get("authorization")
+    if authorization is not None:
+        found = _SIGV4.fullmatch(authorization)
+        if found:
+            return found.group(1), found.group(2)
+        return (None, "s3") if _SIGV2.fullmatch(authorization) else None
+    if "X-Amz-Signature" in query:
+        credential = query.get("X-Amz-Credential")
+        parts = credential[0].split("/") if credential else []
+        if len(parts) == 5 and parts[4] == "aws4_request":
             return parts[2], parts[3]
+    elif "Signature" in query and "AWSAccessKeyId" in query:
+        return None, "s3"
     return None
 
 
@@ -88,20 +126,44 @@ class Router:
         internal = self._internal.get((request.method, request.path))
         if internal is not None:
             return internal(request)
-        service = self.service_for(request)
-        if service is None:
-            return _unknown_service(request, [svc.model_name for svc in self.services])
-        return service.handle(request)
-
-    def service_for(self, request: Request) -> Service | None:
         if request.signing_name is not None:
-            return self._by_signing_name.get(request.signing_name)
-        target = request.headers.get("x-amz-target", "")
-        if target:
-            return self._by_target_prefix.get(target.rpartition(".")[0])
+            service = self._by_signing_name.get(request.signing_name)
+            if service is None:
+                return _unknown_service(request, [svc.model_name for svc in self.services])
+            return service.handle(request)
         for prefix, service in self._by_path_prefix:
             if request.path.startswith(prefix):
-                return service
+                return service.handle(request)
+        return self.error_response(
+            request,
+            ServiceError(
+                "MissingAuthentication",
+                "localcloud serves only signed requests here (any credentials work): this one has neither a "
+                "SigV4 Authorization header nor a presigned URL's X-Amz-Signature",
+                403,
+            ),
+        )
+
+    def error_response(self, request: Request, error: ServiceError) -> Response:
+        """`error` in the shape of the service the request looks meant for (S3 when nothing says)."""
+        service = self._shape_service(request)
+        if service is None:
+            return _json_error(error)
+        if error.code == "MissingAuthentication":  # each protocol names a missing signature its own way
+            code = {"json": "MissingAuthenticationTokenException", "query": "MissingAuthenticationToken"}
+            error = ServiceError(
+                code.get(service.model.protocol, "AccessDenied"), error.message, error.status
+            )
+        elif error.code == "AccessDenied" and service.model.protocol in ("json", "rest-json"):
+            error = ServiceError("AccessDeniedException", error.message, error.status)
+        return service.protocol.serialize_error(error, request)
+
+    def _shape_service(self, request: Request) -> Service | None:
+        if request.signing_name is not None:
+            return self._by_signing_name.get(request.signing_name)
+        target = request.headers.get("x-amz-target")
+        if target:
+            return self._by_target_prefix.get(target.rpartition(".")[0])
         form = request.headers.get("content-type", "").startswith("application/x-www-form-urlencoded")
         if self._query_service is not None and (
             "Action" in request.query or (form and request.method == "POST")
@@ -113,8 +175,13 @@ class Router:
 def _unknown_service(request: Request, served: list[str]) -> Response:
     name = request.signing_name or "requested"
     message = f"localcloud does not implement the {name} service; it serves {', '.join(served)}"
-    body = json.dumps({"__type": "NotImplemented", "message": message}).encode()
-    return Response(501, {"Content-Type": "application/json", "x-amzn-ErrorType": "NotImplemented"}, body)
+    return _json_error(ServiceError("NotImplemented", message, 501))
+
+
+def _json_error(error: ServiceError) -> Response:
+    body = json.dumps({"__type": error.code, "message": error.message}).encode()
+    headers = {"Content-Type": "application/json", "x-amzn-ErrorType": error.code}
+    return Response(error.status, headers, body)
 
 
 _date_cache: tuple[int, str] = (0, "")
@@ -136,6 +203,70 @@ def _drained(body: RequestBody) -> bool:
         return False
 
 
+def _framing_error(headers: dict[str, str]) -> tuple[int, str] | None:
+    """(status, reason) when the body's length is not stated in exactly one unambiguous way."""
+    transfer_encoding = headers.get("transfer-encoding")
+    if transfer_encoding is not None:
+        if "content-length" in headers:
+            return 400, "a request must not have both Content-Length and Transfer-Encoding"
+        if transfer_encoding.lower() != "chunked":
+            return 501, f"Transfer-Encoding {transfer_encoding[:100]!r} is not supported; only chunked is"
+        return None
+    length = headers.get("content-length")
+    if length is not None and not (
+        length.isascii() and length.isdigit() and len(length) <= _MAX_CONTENT_LENGTH_DIGITS
+    ):
+        return 400, f"Content-Length must be plain digits, got {length[:40]!r}"
+    return None
+
+
+class _HeadReader(socket.SocketIO):
+    """The socket as the request handler reads it, with a deadline for the whole request head.
+
+    A socket timeout bounds one recv only, so a client sending a byte every few seconds would hold its
+    thread forever. While `deadline` is set, every recv gets only the time left until it. The deadline
+    starts with the first bytes of a head (`head_pending`), or at accept for a new connection. In the
+    usual case the whole head arrives in the first recv and none of this costs a system call.
+    """
+
+    def __init__(self, sock: socket.socket, head_timeout: float) -> None:
+        super().__init__(sock, "rb")
+        self.head_timeout = head_timeout
+        self.head_pending = True
+        self.deadline: float | None = time.monotonic() + head_timeout
+        self.retimed = False  # the socket's timeout was changed and must be restored after the head
+
+    def readinto(self, buffer: memoryview) -> int:  # type: ignore[override]
+        deadline = self.deadline
+        if deadline is not None:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError("the request head did not arrive in time")
+            self._sock.settimeout(left)
+            self.retimed = True
+        read = super().readinto(buffer)
+        if self.head_pending and deadline is None:
+            self.deadline = time.monotonic() + self.head_timeout
+        return read
+
+
+class _SocketWriter(io.BufferedIOBase):
+    """Writes go straight to the socket with sendall (what StreamRequestHandler uses when wbufsize is 0)."""
+
+    def __init__(self, sock: socket.socket) -> None:
+        self._sock = sock
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data: bytes) -> int:  # type: ignore[override]
+        self._sock.sendall(data)
+        return len(data)
+
+    def fileno(self) -> int:
+        return self._sock.fileno()
+
+
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     disable_nagle_algorithm = True  # without it, headers and body in two writes cost 40 ms (delayed ACK)
@@ -144,30 +275,83 @@ class _Handler(BaseHTTPRequestHandler):
     # standard default, HTTP/0.9, would send a bare HTML body that no AWS client can read.
     default_request_version = "HTTP/1.1"
     sys_version = ""
-    timeout = _IDLE_TIMEOUT_S
     server: HttpServer
 
     def setup(self) -> None:
-        super().setup()
+        self.connection = self.request
+        self.connection.settimeout(self.server.config.idle_timeout_s)
+        self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, True)
+        self._reader = _HeadReader(self.connection, self.server.config.request_head_timeout_s)
+        self.rfile = io.BufferedReader(self._reader)
+        self.wfile = _SocketWriter(self.connection)
+        self._linger_after = False
         self.server.track(self.connection)
 
     def finish(self) -> None:
         try:
             super().finish()
+            if self._linger_after:
+                self._linger()
         finally:
             self.server.untrack(self.connection)
 
+    def _linger(self) -> None:
+        """Discard what the client still sends, briefly, so it reads our early answer instead of a reset.
+
+        Closing a socket with unread input sends a TCP reset, and a client still writing its body (one
+        that did not ask for "100 Continue") would lose the 403 or 413 that was already on its way.
+        """
+        with contextlib.suppress(OSError):
+            self.connection.shutdown(socket.SHUT_WR)
+            deadline = time.monotonic() + _LINGER_S
+            while (left := deadline - time.monotonic()) > 0:
+                self.connection.settimeout(left)
+                if not self.connection.recv(1 << 16):
+                    break
+
     def log_message(self, format: str, *args: object) -> None:
         logger.debug("%s " + format, self.address_string(), *args)
+
+    def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
+        """A short JSON error, and the connection closes: the standard method sends an HTML page."""
+        status = HTTPStatus(code)
+        body = json.dumps({"__type": status.phrase.replace(" ", ""), "message": message or status.phrase})
+        data = body.encode()
+        head = (
+            f"HTTP/1.1 {code} {status.phrase}\r\nContent-Type: application/json\r\n"
+            f"Content-Length: {len(data)}\r\nDate: {_http_date()}\r\nConnection: close\r\n\r\n"
+        )
+        self.close_connection = True
+        self._linger_after = True
+        with contextlib.suppress(OSError):
+            self.wfile.write(head.encode("latin-1") + (b"" if self.command == "HEAD" else data))
+
+    def handle_one_request(self) -> None:
+        self._reader.head_pending = True
+        try:
+            super().handle_one_request()
+        finally:
+            self._head_read()
+
+    def _head_read(self) -> None:
+        """The head is in: what is read next (the body) gets the idle timeout per read, no deadline."""
+        reader = self._reader
+        reader.head_pending = False
+        reader.deadline = None
+        if reader.retimed:
+            reader.retimed = False
+            with contextlib.suppress(OSError):
+                self.connection.settimeout(self.server.config.idle_timeout_s)
 
     def parse_request(self) -> bool:
         """BaseHTTPRequestHandler.parse_request, with the header block read into a plain dict.
 
         The standard method hands the headers to the email package's feed parser: profiled with yappi,
         that was about a third of localcloud's CPU per API Gateway → Lambda request. This reads the same
-        lines into a dict of lower-cased names (a repeated name keeps its last value, as before) and keeps
-        the standard method's answers: 400 for a malformed request line, 505 for HTTP/2+, 431 for a header
-        line over 64 KiB or more than 100 headers, and the Connection and Expect rules.
+        lines into a dict of lower-cased names (a repeated name keeps its last value; Content-Length,
+        Transfer-Encoding and Host may not repeat) and keeps the standard method's answers: 400 for a
+        malformed request line, 505 for HTTP/2+, 431 for a header line over 64 KiB, a block over 64 KiB
+        or more than 100 headers, and the Connection and Expect rules.
         """
         self.command = None  # set in case of error on the first line
         self.request_version = self.default_request_version
@@ -177,12 +361,12 @@ class _Handler(BaseHTTPRequestHandler):
         if not words:
             return False
         if len(words) != 3:  # HTTP/0.9 (two words) is not served: every AWS client speaks HTTP/1.1
-            self.send_error(HTTPStatus.BAD_REQUEST, f"Bad request syntax ({self.requestline!r})")
+            self.send_error(HTTPStatus.BAD_REQUEST, f"Bad request syntax ({self.requestline[:200]!r})")
             return False
         command, path, version = words
         match = _HTTP_VERSION.fullmatch(version)
         if match is None:
-            self.send_error(HTTPStatus.BAD_REQUEST, f"Bad request version ({version!r})")
+            self.send_error(HTTPStatus.BAD_REQUEST, f"Bad request version ({version[:40]!r})")
             return False
         number = int(match.group(1)), int(match.group(2))
         if number >= (2, 0):
@@ -194,23 +378,40 @@ class _Handler(BaseHTTPRequestHandler):
             self.path = "/" + path.lstrip("/")
         headers: dict[str, str] = {}
         name = ""
+        head_bytes = 0
         while True:
-            line = self.rfile.readline(_MAX_HEADER_LINE + 1)
-            if len(line) > _MAX_HEADER_LINE:
-                self.send_error(HTTPStatus.REQUEST_HEADER_FIELDS_TOO_LARGE, "Line too long")
+            line = self.rfile.readline(_MAX_HEAD_BYTES + 1)
+            head_bytes += len(line)
+            if head_bytes > _MAX_HEAD_BYTES:  # one line, or all of them
+                self.send_error(
+                    HTTPStatus.REQUEST_HEADER_FIELDS_TOO_LARGE,
+                    f"Request headers over {_MAX_HEAD_BYTES} bytes",
+                )
                 return False
             if line in (b"\r\n", b"\n", b""):
                 break
             if len(headers) >= _MAX_HEADERS:
-                self.send_error(HTTPStatus.REQUEST_HEADER_FIELDS_TOO_LARGE, "Too many headers")
+                self.send_error(HTTPStatus.REQUEST_HEADER_FIELDS_TOO_LARGE, f"Over {_MAX_HEADERS} headers")
                 return False
             text = line.decode("iso-8859-1")
             if text[0] in " \t" and name:  # an obsolete folded continuation of the previous header
                 headers[name] += " " + text.strip()
                 continue
             raw_name, _, value = text.partition(":")
-            name = raw_name.strip().lower()
-            headers[name] = value.strip()
+            if raw_name[-1:] <= " ":  # no name, or whitespace before the colon (RFC 9112: refuse it)
+                self.send_error(HTTPStatus.BAD_REQUEST, f"Malformed header name {raw_name[:100]!r}")
+                return False
+            name = raw_name.lower()
+            value = value.strip()
+            # Only an identical Content-Length or Host may repeat: two framings is request smuggling.
+            if (
+                name in headers
+                and name in _SINGLE_HEADERS
+                and (name == "transfer-encoding" or headers[name] != value)
+            ):
+                self.send_error(HTTPStatus.BAD_REQUEST, f"{raw_name} given twice")
+                return False
+            headers[name] = value
         self.headers = headers  # type: ignore[assignment]
         connection = headers.get("connection", "").lower()
         if connection == "close":
@@ -231,19 +432,19 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _serve(self) -> None:
         started = time.perf_counter()
-        path, _, raw_query = self.path.partition("?")
         headers: dict[str, str] = self.headers  # type: ignore[assignment]  # see parse_request
-        query = parse_qs(raw_query, keep_blank_values=True)
-        try:
-            length = int(headers.get("content-length", "0"))
-        except ValueError:
-            self.send_error(400, "Content-Length is not a number")
+        self._head_read()
+        framing = _framing_error(headers)
+        if framing is not None:
+            self.send_error(*framing)
             return
+        path, _, raw_query = self.path.partition("?")
+        query = parse_qs(raw_query, keep_blank_values=True)
         body = RequestBody(
             self.rfile,
             self._send_continue if getattr(self, "_continue_pending", False) else None,
-            length=length,
-            chunked="chunked" in headers.get("transfer-encoding", "").lower(),
+            length=int(headers.get("content-length", "0")),
+            chunked="transfer-encoding" in headers,
         )
         self._continue_pending = False
         scope = credential_scope(headers, query)
@@ -255,22 +456,30 @@ class _Handler(BaseHTTPRequestHandler):
             body=body,
             # uuid4() reads os.urandom, which releases the GIL mid-request; an id needs no crypto.
             request_id=f"{random.getrandbits(128):032x}",
-            region=scope[0] if scope else self.server.default_region,
+            region=(scope[0] if scope else None) or self.server.config.region,
             signing_name=scope[1] if scope else None,
             client_address=self.client_address[0],
         )
-        try:
-            response = self.server.dispatch(request)
-        except ConnectionError:
-            self.close_connection = True
-            return
-        except Exception:
-            logger.exception("%s %s failed before reaching a service", self.command, self.path)
-            response = Response(
-                500, {"Content-Type": "application/json"}, b'{"message":"localcloud internal error"}'
-            )
-        if not body.finished and not _drained(body):
+        refusal = self.server.guard.refusal(headers)
+        if refusal is not None:
+            logger.info("refused %s %s: %s", self.command, path, refusal)
+            response = self.server.render_error(request, ServiceError("AccessDenied", refusal, 403))
+            response.headers["X-Content-Type-Options"] = "nosniff"
+            self.close_connection = True  # its body, if any, is never read
+        else:
+            try:
+                response = self.server.dispatch(request)
+            except ConnectionError:
+                self.close_connection = True
+                return
+            except Exception:
+                logger.exception("%s %s failed before reaching a service", self.command, self.path)
+                response = Response(
+                    500, {"Content-Type": "application/json"}, b'{"message":"localcloud internal error"}'
+                )
+        if not body.finished and (self.close_connection or not _drained(body)):
             self.close_connection = True  # the rest of the body is still on the wire
+            self._linger_after = not body.continue_pending
         self._write(request, response)
         logger.debug(
             "%s %s -> %d in %.1f ms",
@@ -315,19 +524,68 @@ class _Handler(BaseHTTPRequestHandler):
 
 
 class HttpServer(ThreadingHTTPServer):
+    """The server of one port: localcloud's own, or a side server (see LocalCloud.start_side_server).
+
+    `render_error` shapes the 403 of a refused request (the Router renders it as the service the request
+    is for, so an SDK shows its message); without one it is plain AWS-style JSON.
+    """
+
     daemon_threads = True
     block_on_close = False
     allow_reuse_address = True
     request_queue_size = 128
 
-    def __init__(self, host: str, port: int, dispatch: InternalHandler, default_region: str) -> None:
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        dispatch: InternalHandler,
+        config: Config,
+        render_error: ErrorRenderer | None = None,
+    ) -> None:
         self.address_family = socket.AF_INET6 if ":" in host else socket.AF_INET
         self.dispatch = dispatch
-        self.default_region = default_region
+        self.config = config
+        self.guard = RequestGuard.for_server(host, config.allowed_hosts, config.allowed_origins)
+        self.render_error: ErrorRenderer = render_error or (lambda request, error: _json_error(error))
+        self._slots = threading.BoundedSemaphore(config.max_connections)
         self._connections: set[socket.socket] = set()
         self._connections_lock = threading.Lock()
         self._thread: threading.Thread | None = None
         super().__init__((host, port), _Handler)
+
+    def process_request(self, request: socket.socket, client_address: object) -> None:  # type: ignore[override]
+        """A thread for the connection, or, past max_connections, a 503 from the accept loop itself."""
+        if not self._slots.acquire(blocking=False):
+            self._refuse_connection(request)
+            return
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self._slots.release()
+            self.shutdown_request(request)
+            raise
+
+    def process_request_thread(self, request: socket.socket, client_address: object) -> None:  # type: ignore[override]
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._slots.release()
+
+    def _refuse_connection(self, sock: socket.socket) -> None:
+        message = (
+            f"localcloud is serving its maximum of {self.config.max_connections} connections "
+            "(LOCALCLOUD_MAX_CONNECTIONS); retry shortly"
+        )
+        body = json.dumps({"__type": "ServiceUnavailable", "message": message}).encode()
+        head = (
+            "HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\nRetry-After: 1\r\n"
+            f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+        )
+        with contextlib.suppress(OSError):
+            sock.setblocking(False)  # the accept loop never waits on a client
+            sock.send(head.encode() + body)
+        self.shutdown_request(sock)
 
     def serve_in_background(self, name: str = "localcloud-http") -> None:
         self._thread = threading.Thread(

@@ -125,8 +125,11 @@ class Service:
     def signing_names(self) -> tuple[str, ...]:
         return (self.model.signing_name, *self.extra_signing_names)
 
-    @property
-    def max_request_bytes(self) -> int:
+    def body_limit(self, operation_name: str | None, request: Request) -> int:
+        """The most body bytes `operation_name` accepts (None: not known yet), checked before reading.
+
+        Services with operations of other sizes override it (Lambda: zips, Invoke's 6 MB).
+        """
         return self.config.max_request_bytes
 
     def request_too_large(self, limit: int) -> ServiceError:

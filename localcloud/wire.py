@@ -7,9 +7,15 @@ raises `ServiceError` for anything a client did wrong; its protocol turns that i
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, BinaryIO
+
+# RFC 9112's chunk-size: hex digits only (no sign, "0x" or spaces), at most 16 of them (2^64 - 1).
+_CHUNK_SIZE = re.compile(rb"[0-9A-Fa-f]{1,16}")
+MAX_CHUNK_LINE = 4096  # a chunk-size line with its extensions (aws-chunked signatures are ~100 bytes)
+MAX_TRAILER_BYTES = 64 * 1024  # the trailer section, bounded like the header block
 
 
 class ServiceError(Exception):
@@ -109,7 +115,8 @@ class RequestBody:
         self.bytes_read += len(data)
         if self._left == 0:
             if self._chunked:
-                self._rfile.readline(8)  # the CRLF that ends every chunk
+                if self._rfile.readline(3) not in (b"\r\n", b"\n"):  # the line end after every chunk's data
+                    raise ServiceError("InvalidRequest", "a chunk is longer than its chunk-size line says")
             else:
                 self._done = True
         return data
@@ -130,22 +137,47 @@ class RequestBody:
         """Read and drop what is left, up to `max_bytes`; True if the body was fully consumed."""
         if self._send_continue is not None:
             return False  # the client never sent it; the connection must close instead
+        if self.length is not None and self.length - self.bytes_read > max_bytes:
+            return False  # known to be too long: waiting for it would wait on a client that may not send it
         dropped = 0
         while not self._done and dropped <= max_bytes:
             dropped += len(self.read(self._READ_SIZE))
         return self._done
 
     def _start_next_chunk(self) -> None:
-        line = self._rfile.readline(1024)
+        line = self._rfile.readline(MAX_CHUNK_LINE + 1)
+        if not line.endswith(b"\n"):
+            if not line:
+                raise ConnectionError("client closed the connection before the last chunk")
+            raise ServiceError("InvalidRequest", f"chunk-size line too long or unterminated: {line[:40]!r}")
         try:
-            size = int(line.split(b";", 1)[0].strip(), 16)
+            size = chunk_size(line)
         except ValueError:
-            raise ServiceError("InvalidRequest", f"malformed chunk size line {line[:40]!r}") from None
+            raise ServiceError("InvalidRequest", f"malformed chunk-size line {line[:40]!r}") from None
         if size == 0:
-            while self._rfile.readline(8192) not in (b"\r\n", b"\n", b""):
-                pass  # HTTP trailers carry nothing localcloud needs
+            trailer_bytes = 0
+            while (trailer := self._rfile.readline(MAX_TRAILER_BYTES + 1)) not in (b"\r\n", b"\n", b""):
+                trailer_bytes += len(trailer)  # HTTP trailers carry nothing localcloud needs
+                if trailer_bytes > MAX_TRAILER_BYTES:
+                    raise ServiceError(
+                        "InvalidRequest", f"the trailer section is over {MAX_TRAILER_BYTES} bytes"
+                    )
             self._done = True
         self._left = size
+
+
+def chunk_size(line: bytes) -> int:
+    """The size on a chunk-size line (`1a;ext=v\\r\\n`): plain hex, else ValueError.
+
+    Python's int(x, 16) also takes "-1", "+1a", "0x1a" and " 1a"; "-1" once made a read run to the end
+    of the stream.
+    """
+    size, semicolon, _ = line.rstrip(b"\r\n").partition(b";")
+    if semicolon:
+        size = size.rstrip(b" \t")  # RFC 9112 allows whitespace before the extensions' ";"
+    if not _CHUNK_SIZE.fullmatch(size):
+        raise ValueError(f"not a chunk size: {line[:40]!r}")
+    return int(size, 16)
 
 
 @dataclass

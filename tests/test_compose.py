@@ -11,6 +11,7 @@ from urllib.parse import urlsplit
 import pytest
 import yaml
 
+from localcloud.config import split_list
 from mnist_pipeline.config import load_config
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -148,6 +149,9 @@ def test_airflow_reaches_localcloud_through_aws_default(services):
         assert extra["region_name"] == services[name]["environment"]["AIRFLOW_VAR_MNIST_REGION"]
         # Virtual-hosted S3 would ask DNS for <bucket>.localcloud.
         assert extra["config_kwargs"]["s3"]["addressing_style"] == "path"
+        # localcloud refuses host names it was not given (DNS rebinding): this one must be allowed.
+        allowed = split_list(services["localcloud"]["environment"].get("LOCALCLOUD_ALLOWED_HOSTS", ""))
+        assert endpoint.hostname in allowed, f"{name} calls {endpoint.hostname}, not in {allowed}"
 
 
 def test_the_variables_are_settings_config_py_accepts(services):

@@ -30,6 +30,7 @@ from localcloud.server import HttpServer, Router
 from localcloud.service import Backend, Service, operation, route
 from localcloud.store import DataDirInUse, Store
 from localcloud.wire import Request, Response, ServiceError, json_response
+from tests.fixtures.raw_http import signed
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -197,16 +198,19 @@ def test_unknown_operation_and_unknown_service(localcloud):
         "POST",
         localcloud.endpoint_url,
         b"{}",
-        {"X-Amz-Target": "Logs_20140328.MakeCoffee", "Content-Type": "application/x-amz-json-1.1"},
+        {
+            "X-Amz-Target": "Logs_20140328.MakeCoffee",
+            "Content-Type": "application/x-amz-json-1.1",
+            "Authorization": signed("logs"),
+        },
     )
     error = json.loads(body)
     assert (
         status == 400 and error["__type"] == "UnknownOperationException" and "MakeCoffee" in error["message"]
     )
 
-    signed_for_ec2 = "AWS4-HMAC-SHA256 Credential=AKID/20250101/us-east-1/ec2/aws4_request, Signature=0"
     status, body = http(
-        "POST", localcloud.endpoint_url, b"Action=DescribeInstances", {"Authorization": signed_for_ec2}
+        "POST", localcloud.endpoint_url, b"Action=DescribeInstances", {"Authorization": signed("ec2")}
     )
     assert status == 501 and "does not implement the ec2 service" in json.loads(body)["message"]
 
@@ -231,7 +235,8 @@ def test_a_stalled_upload_does_not_block_other_requests(localcloud):
     s3.create_bucket(Bucket="lake")
     host, port = localcloud.endpoint_url.removeprefix("http://").split(":")
     with socket.create_connection((host, int(port))) as slow:
-        slow.sendall(b"PUT /lake/slow HTTP/1.1\r\nHost: x\r\nContent-Length: 1000000\r\n\r\n" + b"a" * 1000)
+        head = f"PUT /lake/slow HTTP/1.1\r\nHost: {host}\r\nAuthorization: {signed('s3')}\r\n"
+        slow.sendall(head.encode() + b"Content-Length: 1000000\r\n\r\n" + b"a" * 1000)
         started = time.perf_counter()
         s3.put_object(Bucket="lake", Key="fast", Body=b"quick")
         assert s3.get_object(Bucket="lake", Key="fast")["Body"].read() == b"quick"
@@ -277,7 +282,7 @@ def test_the_front_door_answers_malformed_requests_and_keeps_http_rules(localclo
     assert exchange(b"GET /_localcloud/health HTTP/1.1\r\nX-Long: " + b"a" * 70_000 + b"\r\n\r\n")[0] == 431
 
     # HTTP/1.1 keeps the connection unless asked to close it; HTTP/1.0 closes unless asked to keep it.
-    assert exchange(b"GET /_localcloud/health HTTP/1.1\r\nHost: x\r\n\r\n")[::2] == (200, False)
+    assert exchange(b"GET /_localcloud/health HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")[::2] == (200, False)
     assert exchange(b"GET /_localcloud/health HTTP/1.1\r\nConnection: close\r\n\r\n")[::2] == (200, True)
     assert exchange(b"GET /_localcloud/health HTTP/1.0\r\n\r\n")[::2] == (200, True)
     assert exchange(b"GET /_localcloud/health HTTP/1.0\r\nConnection: keep-alive\r\n\r\n")[::2] == (
@@ -288,8 +293,9 @@ def test_the_front_door_answers_malformed_requests_and_keeps_http_rules(localclo
     # Header names are case-insensitive and a folded line continues its header: this signed request
     # reaches STS because the Authorization header's credential scope survives both.
     signed = (
-        b"POST / HTTP/1.1\r\nhost: x\r\nCONTENT-TYPE: application/x-www-form-urlencoded\r\n"
-        b"authorization: AWS4-HMAC-SHA256\r\n Credential=a/20260101/us-east-1/sts/aws4_request, Signature=0\r\n"
+        b"POST / HTTP/1.1\r\nhost: localhost\r\nCONTENT-TYPE: application/x-www-form-urlencoded\r\n"
+        b"authorization: AWS4-HMAC-SHA256\r\n Credential=a/20260101/us-east-1/sts/aws4_request,\r\n"
+        b" SignedHeaders=host, Signature=0\r\n"
         b"Content-Length: 43\r\n\r\nAction=GetCallerIdentity&Version=2011-06-15"
     )
     status, answer, _ = exchange(signed)
@@ -390,7 +396,7 @@ class ToyApis(Service):
 def test_rest_json_protocol_contract_for_later_services(tmp_path):
     config = Config(data_dir=tmp_path)
     router = Router([ToyLambda(None, config), ToyApis(None, config)], {})
-    server = HttpServer("127.0.0.1", 0, router.dispatch, "us-east-1")
+    server = HttpServer("127.0.0.1", 0, router.dispatch, config)
     server.serve_in_background()
     endpoint = f"http://127.0.0.1:{server.server_address[1]}"
     try:
