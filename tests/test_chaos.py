@@ -142,6 +142,7 @@ def test_a_canary_that_fails_is_rolled_back_and_clearing_the_rollback_changes_no
     rolled_back_at = time.time()
 
     assert stack.run(run_id)["state"] == "failed" and states[ROLLBACK] == "success", states
+    assert stack.tries(run_id, "deploy.check_canary") == 1  # a failed canary is rolled back, not retried
     record = assert_not_deployed(stack, run_id, "rolled_back", alias_at_start)
     assert record["deployment"]["rollback"]["after"]["version"] == alias_at_start["version"]
     # Only requests the canary routed to the broken version failed, and only while it was live.

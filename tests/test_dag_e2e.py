@@ -239,7 +239,9 @@ def test_new_data_is_promoted_through_the_canary_and_a_bad_batch_is_quarantined(
     canary, promotion = record["deployment"]["alias_shifts"]
     assert canary["after"] == {**canary["after"], "version": "1", "weights": {"2": 0.2}}
     assert promotion["after"]["version"] == "2" and promotion["after"]["weights"] == {}
-    assert record["deployment"]["canary"]["invocations"] == 5
+    # At least canary_invocations calls, and as many more as it took version 2 itself to answer 5.
+    canary_check = record["deployment"]["canary"]
+    assert canary_check["invocations"] >= 5 and canary_check["by_version"]["2"]["invocations"] >= 5
     assert record["decision"]["champion"]["lambda_version"] == "1"
     assert pipeline.alias() == {"version": "2", "weights": {}}
     assert pipeline.packages()[dag_run.run_id] == {

@@ -47,7 +47,7 @@ from airflow.providers.amazon.aws.hooks.lambda_function import LambdaHook
 from airflow.providers.amazon.aws.hooks.s3 import S3Hook
 from airflow.providers.amazon.aws.operators.base_aws import AwsBaseOperator
 from airflow.providers.amazon.aws.utils.mixins import aws_template_fields
-from airflow.providers.common.compat.sdk import AirflowException
+from airflow.providers.common.compat.sdk import AirflowException, AirflowFailException
 from botocore.exceptions import ClientError
 
 from mnist_pipeline import registry, s3io
@@ -68,8 +68,13 @@ PLACEHOLDER_DESCRIPTION = "placeholder: no model deployed yet"
 MAX_CANARY_EXAMPLES = 1000  # distinct digits a canary check sends (then it cycles through them)
 
 
-class DeploymentCheckFailed(AirflowException):
-    """A deployed version or alias did not answer as it must; the message says what it answered."""
+class DeploymentCheckFailed(AirflowFailException):
+    """A deployed version or alias did not answer as it must; the message says what it answered.
+
+    Not retried: asking a broken version again cannot change its answers, and a canary retried
+    with backoff keeps serving its share of errors for minutes before the rollback. (Errors
+    reaching the function, a throttle or a lost connection, are botocore's and are retried.)
+    """
 
 
 class AliasChangedElsewhere(DeploymentCheckFailed):
