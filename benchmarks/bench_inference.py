@@ -31,7 +31,6 @@ import re
 import shutil
 import sys
 import tempfile
-import threading
 import time
 import urllib.error
 import urllib.parse
@@ -39,7 +38,7 @@ import urllib.request
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
-from benchmarks.harness import Figure, free_port, percentile, serving
+from benchmarks.harness import Figure, free_port, percentile, run_threads, serving
 
 REPO = Path(__file__).resolve().parents[1]
 QUICK_HYPERPARAMETERS = {
@@ -104,17 +103,12 @@ def generate_load(
                 errors.append(f"{response.status}: {answer[:200]!r}")
         connection.close()
 
-    threads = [threading.Thread(target=client) for _ in range(concurrency)]
-    started = time.perf_counter()
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    wall_s = run_threads([client] * concurrency)
     return {
         "latencies_ms": latencies,
         "errors": len(errors),
         "first_errors": errors[:3],
-        "wall_s": time.perf_counter() - started,
+        "wall_s": wall_s,
     }
 
 

@@ -27,7 +27,7 @@ import urllib.request
 from collections import Counter
 from concurrent.futures import ProcessPoolExecutor
 
-from benchmarks.harness import Figure, percentile
+from benchmarks.harness import Figure, percentile, run_threads
 
 CLIENTS = 64
 DURATION_S = 120.0
@@ -38,7 +38,7 @@ ALLOWED = {200, 429, 503}
 # Tolerances for "back to baseline": a thread or two of localcloud's own housekeeping (log shipper,
 # deployer) may be mid-cycle, and CPython keeps a few MB of freed arenas.
 THREAD_SLACK = 2
-RSS_SLACK_MB = 32
+RSS_SLACK_MB = 16
 
 
 def generate_mixed_load(url: str, single: bytes, batch: bytes, clients: int, duration_s: float) -> dict:
@@ -79,18 +79,13 @@ def generate_mixed_load(url: str, single: bytes, batch: bytes, clients: int, dur
                     latencies[kind].append((time.perf_counter() - started) * 1000)
         connection.close()
 
-    threads = [threading.Thread(target=client, args=(seed,)) for seed in range(clients)]
-    started = time.perf_counter()
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
+    wall_s = run_threads([lambda seed=seed: client(seed) for seed in range(clients)])
     return {
         "latencies_ms": latencies,
         "statuses": dict(statuses),
         "broken": len(broken),
         "first_broken": broken[:3],
-        "wall_s": time.perf_counter() - started,
+        "wall_s": wall_s,
     }
 
 
@@ -181,22 +176,8 @@ def _figures(
             notes=f"{answered} answers: {dict(sorted(statuses.items()))}",
             extra={"statuses": statuses},
         ),
-        Figure(
-            "load",
-            "single-image request latency under load, p50",
-            "ms",
-            [percentile(single, 50)] if single else [float("nan")],
-            notes=f"p99 {percentile(single, 99):.1f} ms over {len(single)} answered" if single else "none",
-            extra={"p99_ms": percentile(single, 99) if single else None},
-        ),
-        Figure(
-            "load",
-            f"{BATCH_IMAGES}-image batch latency under load, p50",
-            "ms",
-            [percentile(batch, 50)] if batch else [float("nan")],
-            notes=f"p99 {percentile(batch, 99):.1f} ms over {len(batch)} answered" if batch else "none",
-            extra={"p99_ms": percentile(batch, 99) if batch else None},
-        ),
+        _latency_figure("single-image request", single),
+        _latency_figure(f"{BATCH_IMAGES}-image batch", batch),
         Figure(
             "load",
             "answers other than 200, 429 or 503, and broken connections",
@@ -226,3 +207,15 @@ def _figures(
             extra={"before": before, "after": after, "peak_threads": peak_threads, "peak_rss_mb": peak_rss},
         ),
     ]
+
+
+def _latency_figure(what: str, latencies: list[float]) -> Figure:
+    p99 = percentile(latencies, 99) if latencies else None
+    return Figure(
+        "load",
+        f"{what} latency under load, p50",
+        "ms",
+        [percentile(latencies, 50)] if latencies else [float("nan")],
+        notes=f"p99 {p99:.1f} ms over {len(latencies)} answered" if latencies else "none answered",
+        extra={"p99_ms": p99},
+    )

@@ -12,6 +12,7 @@ import socket
 import statistics
 import subprocess
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from contextlib import contextmanager
@@ -69,6 +70,17 @@ def repeat(fn: Callable[[], object], times: int, *, warmup: int = 0) -> list[flo
         fn()
         samples.append(time.perf_counter() - started)
     return samples
+
+
+def run_threads(targets: list[Callable[[], object]]) -> float:
+    """Run every target in a thread of its own, all at once; the wall seconds until the last ended."""
+    threads = [threading.Thread(target=target) for target in targets]
+    started = time.perf_counter()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return time.perf_counter() - started
 
 
 def percentile(samples: list[float], q: float) -> float:

@@ -67,8 +67,31 @@ def _default_endpoint() -> str:
     )
 
 
+# glibc's M_MMAP_THRESHOLD, for mallopt().
+_M_MMAP_THRESHOLD = -3
+_MMAP_THRESHOLD_BYTES = 256 * 1024
+
+
+def return_large_buffers_to_the_system() -> bool:
+    """Serve every allocation over 256 KiB with its own mmap, returned to the system when freed.
+
+    glibc raises its mmap threshold (128 KiB) to the size of each large block it frees, so after a
+    burst of large requests (a 256-image batch body is ~1 MB, copied a few times on its way to the
+    function) every later one comes from the threads' heaps, which keep what was freed: measured
+    under make bench's load, localcloud's RSS went from 83 MB to 142 MB and stayed there. With a
+    fixed threshold it went 58 → 82 → 62 MB. True when set (glibc), False elsewhere.
+    """
+    try:
+        import ctypes
+
+        return bool(ctypes.CDLL(None).mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD_BYTES))
+    except (OSError, AttributeError):
+        return False
+
+
 def _serve(args: argparse.Namespace) -> int:
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    return_large_buffers_to_the_system()
     from localcloud.app import LocalCloud  # imports botocore; keep `status` and `--help` instant
     from localcloud.config import Config, split_list
     from localcloud.store import DataDirInUse

@@ -500,21 +500,30 @@ def test_the_smoke_test_refuses_an_alias(function, holdout_uri, handlers):
         smoke_test("live", holdout_uri, handlers, min_accuracy=0.75)
 
 
-def test_the_canary_check_counts_calls_per_version_through_the_alias(function, holdout_uri, handlers):
-    publish_versions(function, 2)  # versions 2 and 3
+def route_to_canary(function, weight: float) -> None:
+    """Versions 2 (live) and 3 (the canary, ``weight`` of the traffic) behind the alias."""
+    publish_versions(function, 2)
     function.update_alias(
         FunctionName=FUNCTION,
         Name=ALIAS,
         FunctionVersion="2",
-        RoutingConfig={"AdditionalVersionWeights": {"3": 0.5}},
+        RoutingConfig={"AdditionalVersionWeights": {"3": weight}},
     )
-    canary = operator(
+
+
+def canary_check(holdout_uri, version="3", **kwargs):
+    return operator(
         lambda_deploy.LambdaCanaryCheckOperator,
         alias=ALIAS,
-        version="3",
+        version=version,
         examples_uri=holdout_uri,
-        invocations=20,
+        **kwargs,
     )
+
+
+def test_the_canary_check_counts_calls_per_version_through_the_alias(function, holdout_uri, handlers):
+    route_to_canary(function, 0.5)
+    canary = canary_check(holdout_uri, invocations=20)
     calls = serve_lambda_versions(canary.hook.conn, FUNCTION, handlers)
     result = canary.execute({})
 
@@ -525,23 +534,10 @@ def test_the_canary_check_counts_calls_per_version_through_the_alias(function, h
 
 
 def test_the_canary_passes_only_once_the_new_version_answered_enough_calls(function, holdout_uri, handlers):
-    publish_versions(function, 2)  # versions 2 (live) and 3 (the canary, 10%)
-    function.update_alias(
-        FunctionName=FUNCTION,
-        Name=ALIAS,
-        FunctionVersion="2",
-        RoutingConfig={"AdditionalVersionWeights": {"3": 0.1}},
-    )
+    route_to_canary(function, 0.1)
     # With 20 calls at 10%, about one run in eight sent none to the new version and still passed.
     for seed in range(40):
-        canary = operator(
-            lambda_deploy.LambdaCanaryCheckOperator,
-            alias=ALIAS,
-            version="3",
-            examples_uri=holdout_uri,
-            invocations=20,
-            min_version_calls=5,
-        )
+        canary = canary_check(holdout_uri, invocations=20, min_version_calls=5)
         serve_lambda_versions(canary.hook.conn, FUNCTION, handlers, seed=seed)
         result = canary.execute({})
         assert result["by_version"]["3"]["invocations"] >= 5, (seed, result)
@@ -549,21 +545,8 @@ def test_the_canary_passes_only_once_the_new_version_answered_enough_calls(funct
 
 
 def test_a_canary_the_new_version_never_answered_fails(function, holdout_uri, handlers):
-    publish_versions(function, 2)
-    function.update_alias(
-        FunctionName=FUNCTION,
-        Name=ALIAS,
-        FunctionVersion="2",
-        RoutingConfig={"AdditionalVersionWeights": {"3": 0.01}},
-    )
-    canary = operator(
-        lambda_deploy.LambdaCanaryCheckOperator,
-        alias=ALIAS,
-        version="3",
-        examples_uri=holdout_uri,
-        invocations=10,
-        max_invocations=10,
-    )
+    route_to_canary(function, 0.01)
+    canary = canary_check(holdout_uri, invocations=10, max_invocations=10)
     serve_lambda_versions(canary.hook.conn, FUNCTION, handlers, seed=1)
     with pytest.raises(
         lambda_deploy.DeploymentCheckFailed, match="only 0 of 10 calls .* were executed by version 3"
@@ -571,9 +554,7 @@ def test_a_canary_the_new_version_never_answered_fails(function, holdout_uri, ha
         canary.execute({})
     # And an alias that sends the version nothing at all is not a canary.
     function.update_alias(FunctionName=FUNCTION, Name=ALIAS, RoutingConfig={"AdditionalVersionWeights": {}})
-    unrouted = operator(
-        lambda_deploy.LambdaCanaryCheckOperator, alias=ALIAS, version="3", examples_uri=holdout_uri
-    )
+    unrouted = canary_check(holdout_uri)
     with pytest.raises(lambda_deploy.DeploymentCheckFailed, match="sends no traffic to version 3"):
         unrouted.execute({})
 
@@ -582,13 +563,7 @@ def test_the_canary_check_fails_when_any_call_fails(function, holdout_uri, handl
     def crashes(event, context):
         raise RuntimeError("model file missing")
 
-    canary = operator(
-        lambda_deploy.LambdaCanaryCheckOperator,
-        alias=ALIAS,
-        version="1",
-        examples_uri=holdout_uri,
-        invocations=5,
-    )
+    canary = canary_check(holdout_uri, version="1", invocations=5)
     serve_lambda_versions(canary.hook.conn, FUNCTION, {"1": crashes})
     with pytest.raises(
         lambda_deploy.DeploymentCheckFailed,
@@ -614,14 +589,7 @@ class FormattingLog:
 
 def test_the_canary_check_takes_its_rendered_template_values(function, holdout_uri, handlers):
     # The DAG passes invocations="{{ params.canary_invocations }}", which renders to a string.
-    canary = operator(
-        lambda_deploy.LambdaCanaryCheckOperator,
-        alias=ALIAS,
-        version="2",
-        examples_uri=holdout_uri,
-        invocations="4",
-        min_version_calls="3",
-    )
+    canary = canary_check(holdout_uri, version="2", invocations="4", min_version_calls="3")
     canary._cached_logger = FormattingLog()
     publish_versions(function, 1)  # version 2, the good model
     function.update_alias(FunctionName=FUNCTION, Name=ALIAS, FunctionVersion="2")
