@@ -167,6 +167,7 @@ def test_poison_batches_are_quarantined_byte_identical_and_the_good_ones_trained
     ):
         poison[stack.put_incoming(f"batch-{number}.npz", data)] = data
     good = stack.feed()
+    started = time.time()
     run_id = stack.trigger("chaos-poison")
 
     stack.wait_for(run_id)
@@ -181,6 +182,7 @@ def test_poison_batches_are_quarantined_byte_identical_and_the_good_ones_trained
         assert quarantined[key]["sha256"] == hashlib.sha256(data).hexdigest()
     expected = {good, handed_on.get("unconsumed_batch", good)}  # the rolled-back night's batch, again
     assert expected <= set(new_batches(record))
+    assert not stack.traffic.failures(started, time.time())
     handed_on["deployed_run"] = run_id
 
 
@@ -214,6 +216,7 @@ def test_clearing_a_whole_successful_run_repeats_nothing(stack):
 def test_a_person_rejecting_the_deployment_leaves_the_alias_alone(stack):
     alias_at_start = stack.alias()
     stack.feed()
+    started = time.time()
     run_id = stack.trigger("chaos-person-rejects", require_approval=True)
     stack.wait_for(run_id, until=lambda states: states.get("gate.approve_deployment") == "awaiting_input")
     stack.respond(run_id, "gate.approve_deployment", "Reject")
@@ -224,3 +227,4 @@ def test_a_person_rejecting_the_deployment_leaves_the_alias_alone(stack):
     record = assert_not_deployed(stack, run_id, "rejected", alias_at_start)
     assert stack.alias()["revision_id"] == alias_at_start["revision_id"]
     assert record["decision"]["approval"]["chosen_options"] == ["Reject"]
+    assert not stack.traffic.failures(started, time.time())
