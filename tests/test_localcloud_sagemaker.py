@@ -603,6 +603,9 @@ def test_retry_strategy_fails_the_job_as_interrupted_once_its_attempts_are_used_
     first = training_pid(localcloud, "unlucky")
     localcloud.restart()
     pid_file = localcloud.data_dir / "sagemaker" / "training-jobs" / "unlucky" / "model" / "pid"
+    # The restart gives the next attempt a fresh job directory before start() returns, so nothing of the
+    # first attempt can be mistaken for the second's.
+    assert not pid_file.exists() or int(pid_file.read_text()) != first
     second = int(wait_until(lambda: pid_file.exists() and pid_file.read_text(), what="the second attempt"))
     assert second != first
     localcloud.restart()
@@ -611,6 +614,25 @@ def test_retry_strategy_fails_the_job_as_interrupted_once_its_attempts_are_used_
     assert transitions(job).count("Restarting") == 1
     assert "(attempt 2 of 2)" in job["SecondaryStatusTransitions"][3]["StatusMessage"]
     assert process_gone(second)
+
+
+@pytest.mark.slow
+def test_a_restarted_job_that_waits_for_a_slot_keeps_nothing_of_its_last_attempt(
+    localcloud, clients, monkeypatch
+):
+    monkeypatch.setenv("LOCALCLOUD_MAX_TRAINING_JOBS", "2")
+    localcloud.restart()
+    sm, _, _ = clients
+    for name in ("ahead", "behind"):
+        stand_in_job(sm, name, seconds=300, RetryStrategy={"MaximumRetryAttempts": 1})
+    first = {name: training_pid(localcloud, name) for name in ("ahead", "behind")}
+    monkeypatch.setenv("LOCALCLOUD_MAX_TRAINING_JOBS", "1")
+    localcloud.restart()  # "ahead" restarts first; "behind" waits in Starting for the one slot
+    behind = localcloud.data_dir / "sagemaker" / "training-jobs" / "behind"
+    assert not behind.exists(), sorted(str(path.relative_to(behind)) for path in behind.rglob("*"))
+    assert training_pid(localcloud, "ahead") != first["ahead"]
+    job = localcloud.client("sagemaker").describe_training_job(TrainingJobName="behind")
+    assert transitions(job)[-2:] == ["Restarting", "Starting"]  # waiting for the slot
 
 
 @pytest.mark.slow

@@ -78,7 +78,7 @@ from localcloud.training_runtime import (
     start_training,
     stop_training,
 )
-from localcloud.wire import ServiceError
+from localcloud.wire import CHUNK_BYTES, ServiceError
 
 if TYPE_CHECKING:
     from localcloud.config import Config
@@ -211,6 +211,9 @@ class TrainingJobs:
                 f"Restarting the training job after an internal error (attempt {attempt} of {total})",
             ),
         )
+        # A fresh instance: nothing the last attempt wrote is left by the time start() returns, not only
+        # once this attempt's thread gets a slot and prepares its directory.
+        shutil.rmtree(doc["base_dir"], ignore_errors=True)
         self._run(key)
 
     def stop(self) -> None:
@@ -830,7 +833,7 @@ class JobRun:
         target.parent.mkdir(parents=True, exist_ok=True)
         _, source = self.jobs.s3.open_object(bucket, key)
         with source, open(target, "wb") as out:
-            shutil.copyfileobj(source, out, 1 << 20)
+            shutil.copyfileobj(source, out, CHUNK_BYTES)
 
     # --- training ------------------------------------------------------------------------------------
 
