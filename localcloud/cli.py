@@ -69,17 +69,21 @@ def _default_endpoint() -> str:
 
 # glibc's M_MMAP_THRESHOLD, for mallopt().
 _M_MMAP_THRESHOLD = -3
-_MMAP_THRESHOLD_BYTES = 256 * 1024
+_MMAP_THRESHOLD_BYTES = 512 * 1024  # twice localcloud.wire.CHUNK_BYTES
 
 
 def return_large_buffers_to_the_system() -> bool:
-    """Serve every allocation over 256 KiB with its own mmap, returned to the system when freed.
+    """Serve every allocation over 512 KiB with its own mmap, returned to the system when freed.
 
     glibc raises its mmap threshold (128 KiB) to the size of each large block it frees, so after a
     burst of large requests (a 256-image batch body is ~1 MB, copied a few times on its way to the
     function) every later one comes from the threads' heaps, which keep what was freed: measured
     under make bench's load, localcloud's RSS went from 83 MB to 142 MB and stayed there. With a
-    fixed threshold it went 58 → 82 → 62 MB. True when set (glibc), False elsewhere.
+    fixed threshold it went 58 → 81 → 63 MB, back within 30 s. Bodies and files are streamed in
+    256 KiB pieces (CHUNK_BYTES), below the threshold, so an upload does not map and unmap every
+    piece. `malloc_trim` after the load instead released only a third of it (the freed blocks sit
+    between live ones).
+    True when set (glibc), False elsewhere.
     """
     try:
         import ctypes

@@ -12,6 +12,8 @@ import tarfile
 import zipfile
 from pathlib import Path, PurePosixPath
 
+from localcloud.wire import CHUNK_BYTES
+
 GiB = 1024**3
 
 
@@ -77,7 +79,7 @@ def _extract_zip(archive: Path, dest: Path, max_bytes: int, max_members: int) ->
                 os.symlink(link, target)
                 continue
             with zf.open(member) as source, open(target, "wb") as out:
-                while chunk := source.read(1 << 20):
+                while chunk := source.read(CHUNK_BYTES):
                     written += len(chunk)
                     if written > max_bytes:  # zipfile stops at the declared size; this guards the total
                         raise UnsafePath(f"{archive.name} unpacks to more than {max_bytes} bytes")

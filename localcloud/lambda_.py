@@ -64,7 +64,7 @@ from localcloud.processes import ProcessGroups
 from localcloud.s3 import S3Backend
 from localcloud.service import Backend, Service, operation, route
 from localcloud.store import Store
-from localcloud.wire import FileBody, Request, Response, ServiceError
+from localcloud.wire import CHUNK_BYTES, FileBody, Request, Response, ServiceError
 
 if TYPE_CHECKING:
     from localcloud.app import LocalCloud
@@ -930,7 +930,7 @@ class LambdaBackend(Backend):
                     ) from None
             with reader:
                 head = b""
-                while chunk := reader.read(1 << 20):
+                while chunk := reader.read(CHUNK_BYTES):
                     head = head or chunk[:4]
                     digest.update(chunk)
                     writer.write(chunk)

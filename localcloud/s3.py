@@ -30,7 +30,7 @@ from localcloud.config import Config
 from localcloud.protocols import to_datetime
 from localcloud.service import Backend, Service, operation
 from localcloud.store import Store
-from localcloud.wire import FileBody, Request, Response, ServiceError, chunk_size
+from localcloud.wire import CHUNK_BYTES, FileBody, Request, Response, ServiceError, chunk_size
 
 if TYPE_CHECKING:
     from localcloud.app import LocalCloud
@@ -328,7 +328,7 @@ class S3Backend(Backend):
     def _write_blob(self, body) -> str:
         """Stream a request body into a new blob, verifying its checksums before committing it."""
         with self.store.blob_writer() as writer:
-            while chunk := body.read(1 << 20):
+            while chunk := body.read(CHUNK_BYTES):
                 writer.write(chunk)
             body.verify()
             return writer.commit()
@@ -613,7 +613,7 @@ class S3Backend(Backend):
                     self.upload(bucket, key, upload_id)  # NoSuchUpload: aborted or completed meanwhile
                     raise
                 with source:
-                    while chunk := source.read(1 << 20):
+                    while chunk := source.read(CHUNK_BYTES):
                         writer.write(chunk)
             blob = writer.commit()
         part_digests = b"".join(bytes.fromhex(part["md5"]) for part in chosen)

@@ -39,6 +39,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from localcloud.wire import CHUNK_BYTES
+
 _BLOB_ID = re.compile(r"[0-9a-f]{32}")
 
 logger = logging.getLogger("localcloud")
@@ -260,7 +262,7 @@ class Store:
             os.link(self.blob_path(blob_id), target)
         except OSError:
             with self.blob_writer() as writer, self.open_blob(blob_id) as source:
-                shutil.copyfileobj(source, writer.file, 1 << 20)
+                shutil.copyfileobj(source, writer.file, CHUNK_BYTES)
                 return writer.commit()
         return new_id
 

@@ -12,6 +12,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, BinaryIO
 
+# The piece size localcloud streams request bodies and files in. Below the process's mmap threshold
+# (localcloud.cli), so pieces come from the heap and are reused, not mapped and unmapped each time.
+CHUNK_BYTES = 256 * 1024
+
 # RFC 9112's chunk-size: hex digits only (no sign, "0x" or spaces), at most 16 of them (2^64 - 1).
 _CHUNK_SIZE = re.compile(rb"[0-9A-Fa-f]{1,16}")
 MAX_CHUNK_LINE = 4096  # a chunk-size line with its extensions (aws-chunked signatures are ~100 bytes)
@@ -64,7 +68,7 @@ class RequestBody:
     large) never makes the client send the body.
     """
 
-    _READ_SIZE = 1 << 20
+    _READ_SIZE = CHUNK_BYTES
 
     def __init__(
         self,
