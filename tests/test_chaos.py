@@ -186,28 +186,26 @@ def test_poison_batches_are_quarantined_byte_identical_and_the_good_ones_trained
     handed_on["deployed_run"] = run_id
 
 
-def test_clearing_a_whole_successful_run_repeats_nothing(stack):
-    run_id = handed_on["deployed_run"]
-    before = {
+def everything_a_run_leaves(stack, run_id: str) -> dict:
+    return {
         "jobs": [job["TrainingJobName"] for job in stack.training_jobs(run_id)],
         "packages": stack.packages(),
         "versions": stack.versions(),
         "alias": stack.alias(),
         "consumed": stack.consumed(),
     }
+
+
+def test_clearing_a_whole_successful_run_repeats_nothing(stack):
+    run_id = handed_on["deployed_run"]
+    before = everything_a_run_leaves(stack, run_id)
     started = time.time()
     stack.clear(run_id)
 
     stack.wait_for(run_id, timeout_s=600)
 
     assert stack.run(run_id)["state"] == "success", stack.states(run_id)
-    after = {
-        "jobs": [job["TrainingJobName"] for job in stack.training_jobs(run_id)],
-        "packages": stack.packages(),
-        "versions": stack.versions(),
-        "alias": stack.alias(),
-        "consumed": stack.consumed(),
-    }
+    after = everything_a_run_leaves(stack, run_id)
     assert after == before  # same job, one package, same versions, alias (and its revision), consumed
     assert stack.audit(run_id)["result"]["outcome"] == "deployed"
     assert not stack.traffic.failures(started, time.time())

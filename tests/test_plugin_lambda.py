@@ -62,8 +62,8 @@ def upload_zip(s3, config, tmp_path, model: bytes, job: str) -> tuple[str, str]:
     return package["s3_key"], package["code_sha256"]
 
 
-def publish(config, key, sha, description="run r; job j; accuracy 0.9900"):
-    operator = lambda_deploy.LambdaPublishVersionOperator(
+def publish_operator(config, key, sha, description=""):
+    return lambda_deploy.LambdaPublishVersionOperator(
         task_id="publish_lambda_version",
         function_name=FUNCTION,
         s3_bucket=config.bucket,
@@ -74,6 +74,10 @@ def publish(config, key, sha, description="run r; job j; accuracy 0.9900"):
         aws_conn_id=None,
         region_name=REGION,
     )
+
+
+def publish(config, key, sha, description="run r; job j; accuracy 0.9900"):
+    operator = publish_operator(config, key, sha, description)
     return operator, operator.execute({})
 
 
@@ -132,16 +136,7 @@ def test_publishing_waits_for_the_version_to_be_active(
     function, s3, pipeline_config, tmp_path, centroid_models
 ):
     key, sha = upload_zip(s3, pipeline_config, tmp_path, centroid_models["good"], "job-1")
-    operator_ = lambda_deploy.LambdaPublishVersionOperator(
-        task_id="publish",
-        function_name=FUNCTION,
-        s3_bucket=pipeline_config.bucket,
-        s3_key=key,
-        code_sha256=sha,
-        waiter_delay=0,
-        aws_conn_id=None,
-        region_name=REGION,
-    )
+    operator_ = publish_operator(pipeline_config, key, sha)
     reads = record_calls(operator_.hook.conn, "GetFunctionConfiguration")
     result = operator_.execute({})
     assert {"FunctionName": FUNCTION, "Qualifier": result["version"]} in reads
@@ -184,16 +179,7 @@ def test_an_update_is_skipped_when_latest_already_has_the_code(
         FunctionName=FUNCTION, S3Bucket=pipeline_config.bucket, S3Key=key
     )  # crashed before publishing
 
-    operator_ = lambda_deploy.LambdaPublishVersionOperator(
-        task_id="publish",
-        function_name=FUNCTION,
-        s3_bucket=pipeline_config.bucket,
-        s3_key=key,
-        code_sha256=sha,
-        waiter_delay=0,
-        aws_conn_id=None,
-        region_name=REGION,
-    )
+    operator_ = publish_operator(pipeline_config, key, sha)
     updates = record_calls(operator_.hook.conn, "UpdateFunctionCode")
     publishes = record_calls(operator_.hook.conn, "PublishVersion")
     result = operator_.execute({})
