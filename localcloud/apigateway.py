@@ -33,15 +33,15 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote, urlencode
 
+from localcloud.awslambda.validation import MAX_INVOKE_PAYLOAD_BYTES
 from localcloud.config import Config
-from localcloud.lambda_ import MAX_INVOKE_PAYLOAD_BYTES
 from localcloud.service import Backend, Service, operation
 from localcloud.store import Store
 from localcloud.wire import Request, Response, ServiceError, json_response
 
 if TYPE_CHECKING:
     from localcloud.app import LocalCloud
-    from localcloud.lambda_ import LambdaBackend
+    from localcloud.awslambda import LambdaBackend
 
 API_KIND = "apigateway/api"
 EXECUTE_PREFIX = "/_aws/execute-api/"

@@ -18,9 +18,9 @@ from typing import Any
 
 from localcloud import __version__
 from localcloud.apigateway import ApiGatewayBackend, ApiGatewayService
+from localcloud.awslambda import LambdaBackend, LambdaService
 from localcloud.chaos import FAULTS_PATH, FaultRules
 from localcloud.config import Config
-from localcloud.lambda_ import LambdaBackend, LambdaService
 from localcloud.logs import LogsBackend, LogsService
 from localcloud.processes import ProcessGroups
 from localcloud.s3 import S3Backend, S3Service

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 
 MiB = 1024 * 1024
 GiB = 1024 * MiB
+DEFAULT_LAMBDA_WORKERS_PER_VERSION = 4
+DEFAULT_LAMBDA_QUEUE_PER_VERSION = 64
 
 
 @dataclass(frozen=True)
@@ -34,6 +36,19 @@ class Config:
     request_head_timeout_s: int = 10
     # Lambda Event invocations accepted but not finished; past it Invoke answers 429.
     lambda_event_queue: int = 100
+    # Lambda worker processes per function version, and the invocations that may wait for a busy one's
+    # (past them Invoke answers 429; a queue of 0 is AWS's behaviour). Unlike the fields above, these
+    # two read LOCALCLOUD_LAMBDA_* whenever a Config is made, from_env or not, as Lambda always has.
+    lambda_workers_per_version: int = field(
+        default_factory=lambda: _lambda_env_int(
+            "LOCALCLOUD_LAMBDA_WORKERS_PER_VERSION", DEFAULT_LAMBDA_WORKERS_PER_VERSION, minimum=1
+        )
+    )
+    lambda_queue_per_version: int = field(
+        default_factory=lambda: _lambda_env_int(
+            "LOCALCLOUD_LAMBDA_QUEUE_PER_VERSION", DEFAULT_LAMBDA_QUEUE_PER_VERSION, minimum=0
+        )
+    )
 
     @classmethod
     def from_env(cls, **overrides: object) -> Config:
@@ -46,6 +61,19 @@ class Config:
         values.update({name: value for name, value in overrides.items() if value is not None})
         config = replace(cls(), **values)
         return replace(config, data_dir=Path(config.data_dir).absolute())
+
+
+def _lambda_env_int(name: str, default: int, minimum: int) -> int:
+    raw = os.environ.get(name)
+    if raw is None:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        value = minimum - 1
+    if value < minimum:
+        raise ValueError(f"{name} must be an integer >= {minimum}, got {raw!r}")
+    return value
 
 
 def split_list(raw: str) -> tuple[str, ...]:

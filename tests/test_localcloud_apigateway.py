@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from mnist_pipeline.lambda_zip import HANDLER, build_lambda_zip
-from tests.test_localcloud_lambda import HANDLER_FILE, create_function, make_zip, publish
+from tests.localcloud.test_awslambda import HANDLER_FILE, create_function, make_zip, publish
 
 # A function that shows what it was sent, and answers in whatever shape the path asks for.
 SHAPES = """

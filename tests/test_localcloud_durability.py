@@ -182,7 +182,7 @@ def test_start_sweeps_blobs_that_no_document_references(tmp_path):
     s3.put_object(Bucket="lake", Key="kept", Body=b"acknowledged")
     upload = s3.create_multipart_upload(Bucket="lake", Key="pending")["UploadId"]
     s3.upload_part(Bucket="lake", Key="pending", UploadId=upload, PartNumber=1, Body=b"a part")
-    from tests.test_localcloud_lambda import create_function  # noqa: PLC0415 - one helper, not a copy
+    from tests.localcloud.test_awslambda import create_function  # noqa: PLC0415 - one helper, not a copy
 
     create_function(handle.client("lambda"), "kept")  # its zip is a blob too ("lambda/code")
     # A crash between a blob's rename into blobs/ and the COMMIT of its document leaves this behind.

@@ -688,7 +688,7 @@ def handler(event, context):
 @pytest.mark.slow
 def test_a_killed_localcloud_leaves_no_worker_or_training_process_behind(tmp_path):
     from localcloud.app import make_client
-    from tests.test_localcloud_lambda import create_function, invoke, make_zip
+    from tests.localcloud.test_awslambda import create_function, invoke, make_zip
 
     data_dir, port = tmp_path / "data", free_port()
     endpoint = f"http://127.0.0.1:{port}"

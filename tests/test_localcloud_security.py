@@ -20,11 +20,11 @@ import pytest
 from botocore.config import Config as BotoConfig
 
 from localcloud.app import LocalCloud
+from localcloud.awslambda.runtime.api_server import RuntimeApiServer
 from localcloud.config import Config
-from localcloud.lambda_runtime import RuntimeApiServer
 from localcloud.wire import json_response
 from tests.fixtures.raw_http import address, exchange, read_answer, request_bytes, signed
-from tests.test_localcloud_lambda import ROLE, make_zip
+from tests.localcloud.test_awslambda import ROLE, make_zip
 
 REPO = Path(__file__).resolve().parents[1]
 EVIL = "https://evil.example"

@@ -1,21 +1,4 @@
-"""Running Lambda functions: worker processes with AWS's runtime client, and the Runtime API they poll.
-
-Each worker runs awslambdaric, the Runtime Interface Client inside AWS's Python base images, as
-`python -m awslambdaric <handler>` does (_RUNTIME_CLIENT says which one setting localcloud changes), in the
-version's code directory. It polls the Lambda Runtime API on a loopback port of its own, as an execution
-environment polls its sandbox's API on AWS:
-
-    GET  /2018-06-01/runtime/invocation/next              long poll: the next event for this worker
-    POST /2018-06-01/runtime/invocation/<id>/response     the handler's result
-    POST /2018-06-01/runtime/invocation/<id>/error        the handler raised
-    POST /2018-06-01/runtime/init/error                   the handler module failed to import
-
-Why a port per worker: the client's Python half opens `http.client.HTTPConnection(AWS_LAMBDA_RUNTIME_API)`
-(for init errors), which takes no path, so the port is the only thing that can tell workers apart; and
-knowing which worker holds an invocation is what lets a timeout kill exactly that process. The endpoint is
-RuntimeApiServer, not localcloud's general HTTP server: its one client speaks a fixed dialect (one
-keep-alive connection, four endpoints, Content-Length bodies), and parsing just that costs a tenth of a
-general request parse, twice per invocation, on the hot path.
+"""Function pools: the workers of each function version, the invocations waiting for them, and the launcher.
 
 A FunctionPool holds the workers of one function version: an invocation goes to the worker that was idle
 last (or waits in the queue for one that has just answered); a new worker is started (a cold start,
@@ -23,6 +6,8 @@ reported as "Init Duration") when none is idle and the pool is below its size li
 callers get TooManyRequests. The hot path creates no threads or processes, wakes no thread but the
 worker's Runtime API reader, and writes nothing to SQLite: worker output goes to CloudWatch Logs through
 the LogShipper, in batches, off the request path.
+
+LambdaRuntime holds every pool of one localcloud, the launcher thread that starts workers, and the shipper.
 """
 
 from __future__ import annotations
@@ -31,41 +16,33 @@ import base64
 import collections
 import contextlib
 import datetime as dt
-import json
 import logging
 import math
-import os
-import random
-import select
 import signal
-import socket
-import subprocess
-import sys
 import threading
 import time
-import uuid
-from collections.abc import Callable
 from dataclasses import dataclass
-from http import HTTPStatus
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from localcloud.processes import ProcessGroups, end_group, python_command, signal_group
-from localcloud.trust import RequestGuard
+from localcloud.awslambda.runtime.api_server import accepted
+from localcloud.awslambda.runtime.log_shipper import LogShipper
+from localcloud.awslambda.runtime.worker import (
+    FunctionSpec,
+    Invocation,
+    Worker,
+    base_environment,
+    error_payload,
+    now_ms,
+)
+from localcloud.processes import ProcessGroups
 from localcloud.wire import Response, ServiceError, json_response
 
 if TYPE_CHECKING:
     from localcloud.app import LocalCloud
     from localcloud.logs import LogsBackend
 
-RuntimeHandler = Callable[[str, str, dict[str, str], bytes], "Response | None"]
-_REASONS = {status.value: status.phrase for status in HTTPStatus}
-
 logger = logging.getLogger("localcloud")
-
-NEXT_PATH = "/2018-06-01/runtime/invocation/next"
-INVOCATION_PREFIX = "/2018-06-01/runtime/invocation/"
-INIT_ERROR_PATH = "/2018-06-01/runtime/init/error"
 
 INIT_TIMEOUT_S = 10  # Lambda's limit on the init phase
 MAX_RESPONSE_BYTES = 6 * 1024 * 1024  # a synchronous invocation's response, as on AWS
@@ -74,81 +51,6 @@ IDLE_RECHECK_S = 1.0  # how often a queued invocation's caller rechecks whether 
 # How long a queued invocation waits for a worker that has just answered (and is about to ask for more) before
 # a parked worker is given it instead; the runtime client asks again within a fraction of a millisecond.
 RETURN_GRACE_S = 0.05
-LOG_FLUSH_INTERVAL_S = 0.2
-MAX_LOG_EVENT_BYTES = 256 * 1024 - 26  # CloudWatch's limit on one event, less its per-event overhead
-LOG_BATCH_EVENTS = 10_000
-LOG_BATCH_BYTES = 1_000_000
-# While a worker is busy, its output is collected when it answers; the pump only needs to wake now and then.
-PUMP_COALESCE_S = 0.05
-MEMORY_SAMPLE_INTERVAL_S = 0.25
-PIPE_READ_BYTES = 65536
-
-# Names Lambda sets itself; a function may not override them (AWS refuses them in Environment too).
-RESERVED_ENVIRONMENT = frozenset(
-    {
-        "_HANDLER",
-        "_X_AMZN_TRACE_ID",
-        "AWS_REGION",
-        "AWS_EXECUTION_ENV",
-        "AWS_LAMBDA_FUNCTION_NAME",
-        "AWS_LAMBDA_FUNCTION_MEMORY_SIZE",
-        "AWS_LAMBDA_FUNCTION_VERSION",
-        "AWS_LAMBDA_INITIALIZATION_TYPE",
-        "AWS_LAMBDA_LOG_GROUP_NAME",
-        "AWS_LAMBDA_LOG_STREAM_NAME",
-        "AWS_ACCESS_KEY",
-        "AWS_ACCESS_KEY_ID",
-        "AWS_SECRET_ACCESS_KEY",
-        "AWS_SESSION_TOKEN",
-        "AWS_LAMBDA_RUNTIME_API",
-        "LAMBDA_TASK_ROOT",
-        "LAMBDA_RUNTIME_DIR",
-    }
-)
-
-# A worker dies with localcloud, even a SIGKILLed one, and takes its process group with it
-# (localcloud.processes): the kernel signals it when the thread that started it ends, so all workers are
-# started from the one long-lived launcher thread.
-
-
-def _accepted() -> Response:
-    """The Runtime API's answer to a result, an error or an init error."""
-    return Response(202, {"Content-Type": "application/json"}, b'{"status":"OK"}')
-
-
-# The runtime client as shipped, with one setting changed: for python3.12+ runtimes it waits for each
-# event in a new helper thread, so that its main thread can take signals while it waits. localcloud never
-# signals a worker except to kill it, and that thread costs ~0.3 ms of CPU and wall time per invocation,
-# a third of the whole warm invoke path, so it is turned off. AWS_EXECUTION_ENV still names the runtime.
-_RUNTIME_CLIENT = (
-    "import sys; from awslambdaric import __main__ as ric, lambda_config; "
-    "lambda_config.LambdaConfigProvider.SUPPORTED_THREADPOLLING_ENVS = frozenset(); ric.main(sys.argv)"
-)
-
-
-def now_ms() -> int:
-    return time.time_ns() // 1_000_000
-
-
-@dataclass(frozen=True)
-class FunctionSpec:
-    """Everything a worker of one function version runs with; a changed spec means new workers."""
-
-    function_name: str
-    version: str  # "$LATEST" or "1", "2", ...
-    function_arn: str  # unqualified
-    handler: str
-    runtime: str
-    code_dir: Path
-    environment: tuple[tuple[str, str], ...]
-    timeout_s: int
-    memory_mb: int
-    log_group: str
-    region: str
-
-    @property
-    def key(self) -> tuple[str, str]:
-        return self.function_name, self.version
 
 
 @dataclass
@@ -161,320 +63,6 @@ class InvocationResult:
 
 class PoolRetired(Exception):
     """The pool stopped taking invocations (its version was replaced or deleted); resolve it again."""
-
-
-class Invocation:
-    """One request's trip through a worker; the caller waits on `done`."""
-
-    __slots__ = (
-        "request_id",
-        "payload",
-        "invoked_arn",
-        "client_context",
-        "log",
-        "queued_at",
-        "started_at",
-        "worker",
-        "finished",
-        "done",
-        "response",
-        "function_error",
-        "failure",
-    )
-
-    def __init__(self, payload: bytes, invoked_arn: str, client_context: str | None, tail: bool) -> None:
-        # A random UUID without uuid4's urandom call, which releases the GIL to every waiting thread.
-        self.request_id = str(uuid.UUID(int=random.getrandbits(128), version=4))
-        self.payload = payload
-        self.invoked_arn = invoked_arn
-        self.client_context = client_context
-        self.log: list[str] | None = [] if tail else None
-        self.queued_at = time.monotonic()
-        self.started_at: float | None = None
-        self.worker: Worker | None = None
-        self.finished = False  # set under the pool's lock by whoever decides the outcome
-        self.done = threading.Event()
-        self.response = b""
-        self.function_error: str | None = None
-        self.failure: ServiceError | None = None  # an API error instead of a result (throttled, shut down)
-
-    def trace_id(self) -> str:
-        return f"Root=1-{int(time.time()):08x}-{self.request_id.replace('-', '')[:24]};Sampled=0"
-
-
-def error_payload(error_type: str, message: str) -> bytes:
-    return json.dumps({"errorMessage": message, "errorType": error_type}).encode()
-
-
-class Worker:
-    """One execution environment: an awslambdaric process and the Runtime API port it polls."""
-
-    def __init__(self, pool: FunctionPool) -> None:
-        self.pool = pool
-        self.id = uuid.uuid4().hex
-        day = time.strftime("%Y/%m/%d", time.gmtime())
-        self.log_stream = f"{day}/[{pool.spec.version}]{self.id}"
-        self.process: subprocess.Popen[bytes] | None = None
-        self.server: RuntimeApiServer | None = None
-        self.launched_at = time.monotonic()
-        self.starting = True  # until its first /next
-        self.stopped = False  # no longer takes invocations; its process is (being) killed
-        self.init_duration_ms: float | None = None  # reported once, on its first invocation's REPORT
-        self.init_error: bytes | None = None
-        self.current: Invocation | None = None
-        self.returning = False  # answered an invocation, has not asked for the next one yet
-        self.max_memory_mb = 0
-        self._memory_sampled_at = 0.0
-        self._out_lock = threading.Lock()
-        self._out_closed = False
-        self._partial = b""
-        self._pump: threading.Thread | None = None
-        self._group: str | None = None  # the record of its process group (localcloud.processes)
-
-    # --- process -----------------------------------------------------------------------------------
-
-    def launch(self) -> None:
-        spec = self.pool.spec
-        self.server = RuntimeApiServer(self.handle, f"lambda-runtime-{self.id[:8]}")
-        process = subprocess.Popen(
-            python_command(_RUNTIME_CLIENT, spec.handler),
-            cwd=spec.code_dir,
-            env=self.pool.worker_environment(self, self.server.address),
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,  # its own process group: a kill takes anything it started too
-        )
-        try:
-            self._group = self.pool.runtime.processes.add(
-                process, f"Lambda worker of {spec.function_name}:{spec.version}"
-            )
-        except BaseException:  # unrecorded, a killed localcloud's successor could not reap it
-            signal_group(process, signal.SIGKILL)
-            end_group(process)
-            process.stdout.close()
-            raise
-        self.process = process
-        os.set_blocking(self.process.stdout.fileno(), False)
-        self._pump = threading.Thread(target=self._pump_output, name=f"lambda-out-{self.id[:8]}", daemon=True)
-        self._pump.start()
-
-    def kill(self) -> None:
-        """SIGKILL the worker's process group (and everything it started)."""
-        self.stopped = True
-        if self.server is not None:
-            self.server.close()
-        if self.process is not None:
-            signal_group(self.process, signal.SIGKILL)
-
-    def join(self, timeout: float) -> None:
-        if self._pump is not None:
-            self._pump.join(timeout)
-
-    def memory_used_mb(self) -> int:
-        """Peak resident memory so far (VmHWM), what Lambda reports as "Max Memory Used".
-
-        Sampled at most every MEMORY_SAMPLE_INTERVAL_S: the peak only grows, and a read of /proc per
-        invocation would be a noticeable share of the invoke path.
-        """
-        now = time.monotonic()
-        if now - self._memory_sampled_at < MEMORY_SAMPLE_INTERVAL_S:
-            return self.max_memory_mb
-        self._memory_sampled_at = now
-        try:
-            with open(f"/proc/{self.process.pid}/status", "rb") as status:
-                for line in status:
-                    if line.startswith(b"VmHWM:"):
-                        self.max_memory_mb = max(self.max_memory_mb, math.ceil(int(line.split()[1]) / 1024))
-                        break
-        except (OSError, AttributeError, ValueError):
-            pass  # exited, or no /proc here: keep the last figure
-        return self.max_memory_mb
-
-    # --- output ------------------------------------------------------------------------------------
-
-    def _pump_output(self) -> None:
-        fd = self.process.stdout.fileno()
-        poller = select.poll()
-        poller.register(fd, select.POLLIN | select.POLLHUP)
-        at_end = False
-        while not at_end:
-            poller.poll()
-            if self.current is not None:
-                time.sleep(PUMP_COALESCE_S)  # complete() takes this invocation's output itself
-            with self._out_lock:
-                at_end = self._read_output(fd, flush_partial=False)
-        with self._out_lock:
-            self._out_closed = True
-            self.process.stdout.close()
-        returncode = end_group(self.process)  # what the function left running ends with its worker
-        try:
-            self.pool.runtime.processes.remove(self._group)
-        except Exception:  # a full disk: the next start finds the group gone
-            logger.exception("could not forget the process group of Lambda worker %s", self.id)
-        if self.server is not None:
-            self.server.close()
-        self.pool.worker_exited(self, returncode)
-
-    def drain_output(self) -> None:
-        """Take in what the worker printed before it answered, so it lands in that invocation's log.
-
-        The runtime client flushes stdout before it posts a result, so all of it is in the pipe by now.
-        """
-        with self._out_lock:
-            if not self._out_closed:
-                self._read_output(self.process.stdout.fileno(), flush_partial=True)
-
-    def _read_output(self, fd: int, flush_partial: bool) -> bool:
-        """Emit the complete lines waiting in the pipe; True at end of file. Call with _out_lock held."""
-        chunks = [self._partial]
-        at_end = False
-        while True:
-            try:
-                chunk = os.read(fd, PIPE_READ_BYTES)
-            except BlockingIOError:
-                break
-            if not chunk:
-                at_end = True
-                break
-            chunks.append(chunk)
-            if len(chunk) < PIPE_READ_BYTES:
-                break  # a pipe read returns everything waiting, so the pipe is empty now
-        lines = b"".join(chunks).split(b"\n")
-        self._partial = lines.pop()
-        if self._partial and (flush_partial or at_end):
-            lines.append(self._partial)
-            self._partial = b""
-        for line in lines:
-            # The runtime client joins a multi-line record (an error and its traceback) with "\r" so that
-            # CloudWatch shows it as one event.
-            self.emit(line.decode("utf-8", "replace").rstrip("\r").replace("\r", "\n"))
-        return at_end
-
-    def emit(self, message: str, invocation: Invocation | None = None) -> None:
-        """One log event in this worker's stream, and in the invocation's tail when it asked for one."""
-        self.pool.shipper.add(self.pool.spec.log_group, self.log_stream, now_ms(), message)
-        invocation = invocation or self.current
-        if invocation is not None and invocation.log is not None:
-            invocation.log.append(message)
-
-    # --- the Runtime API this worker polls -----------------------------------------------------------
-
-    def handle(self, method: str, path: str, headers: dict[str, str], body: bytes) -> Response | None:
-        if method == "GET" and path == NEXT_PATH:
-            return self.pool.next_invocation(self)
-        if method == "POST" and path.startswith(INVOCATION_PREFIX):
-            request_id, _, outcome = path[len(INVOCATION_PREFIX) :].partition("/")
-            if outcome in ("response", "error"):
-                error_type = headers.get("lambda-runtime-function-error-type", "Unhandled")
-                return self.pool.complete(self, request_id, body, error_type if outcome == "error" else None)
-        if method == "POST" and path == INIT_ERROR_PATH:
-            return self.pool.init_failed(self, body)
-        return json_response(
-            {"errorMessage": f"no Runtime API endpoint {method} {path}", "errorType": "NotFound"}, 404
-        )
-
-
-def _encode(response: Response) -> bytes:
-    head = [f"HTTP/1.1 {response.status} {_REASONS[response.status]}"]
-    head += [f"{name}: {value}" for name, value in response.headers.items()]
-    head.append(f"Content-Length: {len(response.body)}\r\n\r\n")
-    return "\r\n".join(head).encode() + response.body
-
-
-_LOOPBACK_ONLY = RequestGuard()  # the worker's client says Host: 127.0.0.1:<port> and sends no Origin
-
-
-class RuntimeApiServer:
-    """One worker's Runtime API: a loopback port serving the runtime client's requests in order.
-
-    The client keeps one connection open (its C half, for /next and results) and opens another only to
-    report an init error, before the first exists; so one thread serving one connection at a time is
-    enough. A GET /next with nothing to run is parked (the handler returns None): the thread goes back to
-    reading, and the invoking thread writes the answer with send() when an invocation comes.
-    """
-
-    def __init__(self, handle: RuntimeHandler, name: str) -> None:
-        self._handle = handle
-        self._listener = socket.create_server(("127.0.0.1", 0), backlog=8)
-        self.address = f"127.0.0.1:{self._listener.getsockname()[1]}"
-        self._connection: socket.socket | None = None
-        self._closed = False
-        self._thread = threading.Thread(target=self._serve, name=name, daemon=True)
-        self._thread.start()
-
-    def close(self) -> None:
-        """Stop accepting and end the open connection; a blocked read on it returns at once."""
-        self._closed = True
-        for sock in (self._listener, self._connection):
-            if sock is not None:
-                with contextlib.suppress(OSError):
-                    sock.shutdown(socket.SHUT_RDWR)
-        with contextlib.suppress(OSError):
-            self._listener.close()
-
-    def _serve(self) -> None:
-        while not self._closed:
-            try:
-                connection, _ = self._listener.accept()
-            except OSError:
-                return
-            connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            self._connection = connection
-            try:
-                self._serve_connection(connection)
-            except (ConnectionError, OSError, ValueError):
-                pass  # the worker went away, is being killed, or sent something that is not HTTP
-            finally:
-                self._connection = None
-                connection.close()
-
-    def _serve_connection(self, connection: socket.socket) -> None:
-        pending = bytearray()
-        while not self._closed:
-            while (end := pending.find(b"\r\n\r\n")) < 0:
-                if not self._receive(connection, pending):
-                    return
-            lines = bytes(pending[:end]).decode("latin-1").split("\r\n")
-            del pending[: end + 4]
-            method, target, _ = lines[0].split(" ", 2)
-            headers = {}
-            for line in lines[1:]:
-                name, _, value = line.partition(":")
-                headers[name.strip().lower()] = value.strip()
-            if (refusal := _LOOPBACK_ONLY.refusal(headers)) is not None:
-                # A web page can reach this port too; answer it and close, so the worker can connect.
-                connection.sendall(
-                    _encode(json_response({"errorMessage": refusal, "errorType": "Forbidden"}, 403))
-                )
-                return
-            length = int(headers.get("content-length") or 0)
-            if len(pending) < length and headers.get("expect", "").lower() == "100-continue":
-                connection.sendall(b"HTTP/1.1 100 Continue\r\n\r\n")
-            while len(pending) < length:
-                if not self._receive(connection, pending):
-                    return
-            body = bytes(pending[:length])
-            del pending[:length]
-            response = self._handle(method, target.partition("?")[0], headers, body)
-            if response is not None:  # None: a parked GET /next, answered later through send()
-                connection.sendall(_encode(response))
-
-    def send(self, response: Response) -> None:
-        """Answer the request the worker waits on (a parked GET /next), from another thread.
-
-        Safe beside _serve_connection's reads: the worker sends nothing more until it has this answer.
-        """
-        connection = self._connection
-        if connection is None or self._closed:
-            raise ConnectionError("the worker's Runtime API connection is closed")
-        connection.sendall(_encode(response))
-
-    @staticmethod
-    def _receive(connection: socket.socket, pending: bytearray) -> bool:
-        chunk = connection.recv(1 << 16)
-        pending += chunk
-        return bool(chunk)
 
 
 class FunctionPool:
@@ -495,7 +83,7 @@ class FunctionPool:
         self._returning = 0  # workers that answered an invocation and have not asked for the next yet
         self._starting = 0  # workers launched that have not asked for work yet
         self._closed = False
-        self._base_environment = self._environment()
+        self._base_environment = base_environment(spec, runtime.endpoint_url, runtime.bytecode_dir)
 
     # --- callers' side -------------------------------------------------------------------------------
 
@@ -714,7 +302,7 @@ class FunctionPool:
             worker.drain_output()  # while it is still the worker's current invocation: lines go to its tail
         with self._lock:
             if invocation.finished:  # timed out a moment ago; the worker is being killed
-                return _accepted()
+                return accepted()
             invocation.finished = True
             worker.current = None
             worker.returning = True
@@ -741,7 +329,7 @@ class FunctionPool:
         if invocation.log is None:
             invocation.done.set()
         with contextlib.suppress(OSError):  # the worker went away after answering; its answer stands
-            worker.server.send(_accepted())
+            worker.server.send(accepted())
         worker.drain_output()  # what it printed before answering: the runtime client flushes first
         self._report(worker, invocation, duration_ms, status=None)
         invocation.done.set()  # a no-op unless the caller waits for its log tail
@@ -752,7 +340,7 @@ class FunctionPool:
         worker.init_error = body
         elapsed = (time.monotonic() - worker.launched_at) * 1000
         worker.emit(f"INIT_REPORT Init Duration: {elapsed:.2f} ms\tPhase: init\tStatus: error")
-        return _accepted()
+        return accepted()
 
     def worker_exited(self, worker: Worker, returncode: int) -> None:
         """The process is gone: fail what it held, and what waits for it when no other worker can run it."""
@@ -872,117 +460,12 @@ class FunctionPool:
 
     # --- environment -------------------------------------------------------------------------------
 
-    def _environment(self) -> dict[str, str]:
-        spec = self.spec
-        python_bin = str(Path(sys.executable).parent)
-        return {
-            **dict(spec.environment),
-            "PATH": f"{python_bin}:/usr/local/bin:/usr/bin:/bin",
-            "LANG": "en_US.UTF-8",
-            "TZ": ":UTC",
-            "_HANDLER": spec.handler,
-            "AWS_REGION": spec.region,
-            "AWS_DEFAULT_REGION": spec.region,
-            "AWS_EXECUTION_ENV": f"AWS_Lambda_{spec.runtime}",
-            "AWS_LAMBDA_FUNCTION_NAME": spec.function_name,
-            "AWS_LAMBDA_FUNCTION_VERSION": spec.version,
-            "AWS_LAMBDA_FUNCTION_MEMORY_SIZE": str(spec.memory_mb),
-            "AWS_LAMBDA_LOG_GROUP_NAME": spec.log_group,
-            "AWS_LAMBDA_INITIALIZATION_TYPE": "on-demand",
-            "LAMBDA_TASK_ROOT": str(spec.code_dir),
-            "LAMBDA_RUNTIME_DIR": str(Path(sys.executable).parent.parent),
-            # The function's AWS calls reach this localcloud, with the dummy credentials it accepts.
-            "AWS_ENDPOINT_URL": self.runtime.endpoint_url,
-            "AWS_ACCESS_KEY_ID": "localcloud",
-            "AWS_SECRET_ACCESS_KEY": "localcloud",
-            "AWS_SESSION_TOKEN": "localcloud",
-            # Bytecode goes to localcloud's cache, not into the code directory (read-only on AWS).
-            "PYTHONPYCACHEPREFIX": str(self.runtime.bytecode_dir),
-        }
-
     def worker_environment(self, worker: Worker, api_address: str) -> dict[str, str]:
         return {
             **self._base_environment,
             "AWS_LAMBDA_LOG_STREAM_NAME": worker.log_stream,
             "AWS_LAMBDA_RUNTIME_API": api_address,
         }
-
-
-class LogShipper:
-    """Moves worker output into CloudWatch Logs in batches, off the invocation path."""
-
-    def __init__(self, logs: LogsBackend) -> None:
-        self._logs = logs
-        self._pending: collections.deque[tuple[str, str, int, str]] = collections.deque()
-        self._flush_lock = threading.Lock()
-        self._wake = threading.Event()
-        self._stopping = False
-        self._thread: threading.Thread | None = None
-
-    def add(self, group: str, stream: str, timestamp_ms: int, message: str) -> None:
-        self._pending.append((group, stream, timestamp_ms, message))  # deque appends are thread-safe
-
-    def start(self) -> None:
-        self._thread = threading.Thread(target=self._run, name="lambda-log-shipper", daemon=True)
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stopping = True
-        self._wake.set()
-        if self._thread is not None:
-            self._thread.join(timeout=5)
-        self.flush()
-
-    def _run(self) -> None:
-        while not self._stopping:
-            self._wake.wait(LOG_FLUSH_INTERVAL_S)
-            try:
-                self.flush()
-            except Exception:
-                logger.exception("shipping Lambda logs to CloudWatch Logs failed")
-
-    def flush(self) -> None:
-        with self._flush_lock:
-            streams: dict[tuple[str, str], list[tuple[int, str]]] = {}
-            while self._pending:
-                group, stream, timestamp, message = self._pending.popleft()
-                if len(message) > MAX_LOG_EVENT_BYTES // 4:
-                    message = message.encode()[:MAX_LOG_EVENT_BYTES].decode("utf-8", "ignore")
-                streams.setdefault((group, stream), []).append((timestamp, message))
-            for (group, stream), events in streams.items():
-                events.sort(key=lambda event: event[0])  # stable: same-millisecond lines keep their order
-                for batch in _batches(events):
-                    self._put(group, stream, batch)
-
-    def _put(self, group: str, stream: str, events: list[tuple[int, str]]) -> None:
-        try:
-            self._logs.put_log_events(group, stream, events)
-        except ServiceError as error:
-            if error.code != "ResourceNotFoundException":
-                raise
-            for create, args in (
-                (self._logs.create_log_group, (group,)),
-                (self._logs.create_log_stream, (group, stream)),
-            ):
-                try:
-                    create(*args)
-                except ServiceError as exists:
-                    if exists.code != "ResourceAlreadyExistsException":
-                        raise
-            self._logs.put_log_events(group, stream, events)
-
-
-def _batches(events: list[tuple[int, str]]) -> list[list[tuple[int, str]]]:
-    batches: list[list[tuple[int, str]]] = [[]]
-    size = 0
-    for event in events:
-        event_size = len(event[1].encode()) + 26
-        if len(batches[-1]) >= LOG_BATCH_EVENTS or size + event_size > LOG_BATCH_BYTES:
-            batches.append([])
-            size = 0
-        batches[-1].append(event)
-        size += event_size
-    return [batch for batch in batches if batch]
 
 
 class LambdaRuntime:
@@ -1048,6 +531,9 @@ class LambdaRuntime:
         self._launch_ready.release()
 
     def _launch_workers(self) -> None:
+        # A worker dies with localcloud, even a SIGKILLed one, and takes its process group with it
+        # (localcloud.processes): the kernel signals it when the thread that started it ends, so all workers
+        # are started from this one long-lived launcher thread.
         while True:
             self._launch_ready.acquire()
             worker = self._launches.popleft()
