@@ -29,7 +29,8 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from localcloud.app import make_client
 from localcloud.config import Config
-from localcloud.s3 import S3Backend, Upload
+from localcloud.s3 import S3Backend
+from localcloud.s3.bodies import Upload
 from localcloud.store import Store
 from tests.fixtures.localcloud import LocalCloudHandle
 
