@@ -143,7 +143,7 @@ def process_cpu_s(pid: int) -> tuple[float, float]:
 
 def train_quick_model(work_dir: Path) -> Path:
     """A model directory (model.onnx, model_card.json) from a quick real-MNIST training job."""
-    from localcloud.training_runtime import collect_result, prepare_job_dir, start_training
+    from localcloud.sagemaker.runner import collect_result, prepare_job_dir, start_training
     from mnist_pipeline.dataset import load_mnist
     from mnist_pipeline.shards import write_shard
 

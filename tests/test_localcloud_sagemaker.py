@@ -27,7 +27,7 @@ import pytest
 from botocore.exceptions import ClientError, WaiterError
 
 from localcloud.processes import live_members
-from localcloud.sagemaker.training import INTERRUPTED
+from localcloud.sagemaker.runner import INTERRUPTED
 from mnist_pipeline.shards import shard_bytes
 from mnist_pipeline.training import pack_source_dir
 from model_code.metric_definitions import METRIC_DEFINITIONS
@@ -752,7 +752,7 @@ def test_a_killed_localcloud_leaves_no_worker_or_training_process_behind(tmp_pat
 
 
 def test_start_never_kills_a_process_only_because_it_runs_in_a_job_directory(localcloud, clients):
-    from localcloud.sagemaker.training import JOB_KIND
+    from localcloud.sagemaker.jobs import JOB_KIND
     from localcloud.store import Store
 
     sm, _, _ = clients

@@ -1,7 +1,7 @@
 """model_code/train.py keeps SageMaker's script-mode contract, run through the official toolkit.
 
 The main job runs ``sagemaker-training``'s ``train`` entry point on a job directory laid out by
-localcloud.training_runtime, in quick mode on real MNIST (2000 training / 500 holdout images, one
+localcloud.sagemaker.runner, in quick mode on real MNIST (2000 training / 500 holdout images, one
 epoch), and the tests check what SageMaker's users rely on: the three artifacts, a self-contained
 ONNX graph with a dynamic batch that computes what torch computes, metrics a MetricDefinitions
 regex reads from the log, the data lineage in the card, and an actionable FailureReason.
@@ -23,7 +23,7 @@ import pytest
 import torch
 from onnx.external_data_helper import uses_external_data
 
-from localcloud.training_runtime import (
+from localcloud.sagemaker.runner import (
     collect_result,
     pack_model,
     prepare_job_dir,

@@ -11,8 +11,8 @@ from localcloud.config import Config
 from localcloud.logs import LogsBackend
 from localcloud.s3 import S3Backend
 from localcloud.sagemaker.common import Arns, TagStore, check_tags, constraint_error, validation_error
+from localcloud.sagemaker.jobs import TrainingJobs
 from localcloud.sagemaker.registry import ModelRegistry
-from localcloud.sagemaker.training import TrainingJobs
 from localcloud.service import Backend
 from localcloud.store import Store
 

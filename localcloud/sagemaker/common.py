@@ -1,4 +1,5 @@
-"""What the SageMaker modules share: ARNs, AWS-shaped validation errors, tags, sorting and paging."""
+"""What the SageMaker modules share: ARNs, AWS-shaped validation errors, tags, sorting and paging, and how
+a training job ends (Outcome)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import json
 import re
 import time
 from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from localcloud.config import Config
@@ -70,6 +72,30 @@ def parse_s3_uri(uri: str, field: str) -> tuple[str, str]:
     if not found:
         raise constraint_error(uri, field, "be an S3 URI of the form s3://bucket/prefix")
     return found.group(1), found.group(2)
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """How a job ended: its final status, secondary status, transition message and FailureReason."""
+
+    status: str
+    secondary: str
+    message: str
+    failure_reason: str | None = None
+    upload_model: bool = False
+
+
+class JobEnded(Exception):
+    """Raised inside a runner to end the job early with `outcome`."""
+
+    def __init__(self, outcome: Outcome) -> None:
+        super().__init__(outcome.message)
+        self.outcome = outcome
+
+
+def client_error(message: str) -> JobEnded:
+    """A job failure caused by the job's own settings or data (SageMaker says "ClientError: ...")."""
+    return JobEnded(Outcome("Failed", "Failed", "Training job failed", f"ClientError: {message}"))
 
 
 class Arns:
