@@ -23,9 +23,10 @@ from localcloud.chaos import FAULTS_PATH, FaultRules
 from localcloud.config import Config
 from localcloud.logs import LogsBackend, LogsService
 from localcloud.processes import ProcessGroups
+from localcloud.routing import Router
 from localcloud.s3 import S3Backend, S3Service
 from localcloud.sagemaker import SageMakerBackend, SageMakerService
-from localcloud.server import HttpServer, Router, is_loopback
+from localcloud.server import HttpServer, is_loopback
 from localcloud.service import Backend, Service
 from localcloud.store import Store
 from localcloud.sts import StsService

@@ -26,7 +26,8 @@ from localcloud.app import LocalCloud, make_client
 from localcloud.cli import main as cli_main
 from localcloud.config import Config
 from localcloud.files import UnsafePath, extract_archive, safe_join
-from localcloud.server import HttpServer, Router
+from localcloud.routing import Router
+from localcloud.server import HttpServer
 from localcloud.service import Backend, Service, operation, route
 from localcloud.store import DataDirInUse, Store
 from localcloud.wire import Request, Response, ServiceError, json_response

@@ -6,8 +6,8 @@ import base64
 import re
 from typing import Any
 
-from localcloud.protocols import to_datetime
 from localcloud.s3.exceptions import invalid_range, precondition_failed
+from localcloud.shapes import to_datetime
 from localcloud.wire import ServiceError
 
 MAX_KEYS = 1000
