@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import signal
 import sys
 import threading
@@ -17,6 +16,7 @@ import urllib.request
 from typing import Any
 
 from localcloud import __version__
+from localcloud.config import default_endpoint_url
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -52,19 +52,12 @@ def main(argv: list[str] | None = None) -> int:
 
     status = commands.add_parser("status", help="print a running localcloud's services and resource counts")
     status.add_argument(
-        "--endpoint-url", default=_default_endpoint(), help="default http://127.0.0.1:$LOCALCLOUD_PORT"
+        "--endpoint-url", default=default_endpoint_url(), help="default http://127.0.0.1:$LOCALCLOUD_PORT"
     )
     status.add_argument("--json", action="store_true", help="print the raw health document")
 
     args = parser.parse_args(argv)
     return _serve(args) if args.command == "serve" else _status(args)
-
-
-def _default_endpoint() -> str:
-    return (
-        os.environ.get("LOCALCLOUD_ENDPOINT_URL")
-        or f"http://127.0.0.1:{os.environ.get('LOCALCLOUD_PORT', '4566')}"
-    )
 
 
 # glibc's M_MMAP_THRESHOLD, for mallopt().

@@ -40,14 +40,19 @@ class Config:
     # (past them Invoke answers 429; a queue of 0 is AWS's behaviour). Unlike the fields above, these
     # two read LOCALCLOUD_LAMBDA_* whenever a Config is made, from_env or not, as Lambda always has.
     lambda_workers_per_version: int = field(
-        default_factory=lambda: _lambda_env_int(
+        default_factory=lambda: _env_int(
             "LOCALCLOUD_LAMBDA_WORKERS_PER_VERSION", DEFAULT_LAMBDA_WORKERS_PER_VERSION, minimum=1
         )
     )
     lambda_queue_per_version: int = field(
-        default_factory=lambda: _lambda_env_int(
+        default_factory=lambda: _env_int(
             "LOCALCLOUD_LAMBDA_QUEUE_PER_VERSION", DEFAULT_LAMBDA_QUEUE_PER_VERSION, minimum=0
         )
+    )
+    # SageMaker training jobs that train at once; the others wait in Starting (a job uses every core it
+    # finds). Read from LOCALCLOUD_MAX_TRAINING_JOBS whenever a Config is made, as the two above.
+    max_training_jobs: int = field(
+        default_factory=lambda: _env_int("LOCALCLOUD_MAX_TRAINING_JOBS", 1, minimum=1)
     )
 
     @classmethod
@@ -63,7 +68,7 @@ class Config:
         return replace(config, data_dir=Path(config.data_dir).absolute())
 
 
-def _lambda_env_int(name: str, default: int, minimum: int) -> int:
+def _env_int(name: str, default: int, minimum: int) -> int:
     raw = os.environ.get(name)
     if raw is None:
         return default
@@ -74,6 +79,12 @@ def _lambda_env_int(name: str, default: int, minimum: int) -> int:
     if value < minimum:
         raise ValueError(f"{name} must be an integer >= {minimum}, got {raw!r}")
     return value
+
+
+def default_endpoint_url() -> str:
+    """Where `localcloud status` looks: LOCALCLOUD_ENDPOINT_URL, else 127.0.0.1 at LOCALCLOUD_PORT (4566)."""
+    port = os.environ.get("LOCALCLOUD_PORT", str(Config.port))
+    return os.environ.get("LOCALCLOUD_ENDPOINT_URL") or f"http://127.0.0.1:{port}"
 
 
 def split_list(raw: str) -> tuple[str, ...]:

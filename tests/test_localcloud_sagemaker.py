@@ -617,17 +617,14 @@ def test_retry_strategy_fails_the_job_as_interrupted_once_its_attempts_are_used_
 
 
 @pytest.mark.slow
-def test_a_restarted_job_that_waits_for_a_slot_keeps_nothing_of_its_last_attempt(
-    localcloud, clients, monkeypatch
-):
-    monkeypatch.setenv("LOCALCLOUD_MAX_TRAINING_JOBS", "2")
-    localcloud.restart()
+def test_a_restarted_job_that_waits_for_a_slot_keeps_nothing_of_its_last_attempt(localcloud, clients):
+    localcloud.restart(max_training_jobs=2)  # Config.max_training_jobs, LOCALCLOUD_MAX_TRAINING_JOBS
     sm, _, _ = clients
     for name in ("ahead", "behind"):
         stand_in_job(sm, name, seconds=300, RetryStrategy={"MaximumRetryAttempts": 1})
     first = {name: training_pid(localcloud, name) for name in ("ahead", "behind")}
-    monkeypatch.setenv("LOCALCLOUD_MAX_TRAINING_JOBS", "1")
-    localcloud.restart()  # "ahead" restarts first; "behind" waits in Starting for the one slot
+    # "ahead" restarts first; "behind" waits in Starting for the one slot
+    localcloud.restart(max_training_jobs=1)
     behind = localcloud.data_dir / "sagemaker" / "training-jobs" / "behind"
     assert not behind.exists(), sorted(str(path.relative_to(behind)) for path in behind.rglob("*"))
     assert training_pid(localcloud, "ahead") != first["ahead"]

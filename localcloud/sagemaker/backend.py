@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import os
 from typing import TYPE_CHECKING
 
 from localcloud.config import Config
@@ -19,7 +18,6 @@ from localcloud.store import Store
 if TYPE_CHECKING:
     from localcloud.app import LocalCloud
 
-MAX_TRAINING_JOBS_ENV = "LOCALCLOUD_MAX_TRAINING_JOBS"
 DEFAULT_STOP_GRACE_S = 10.0
 LIST_TAGS_DEFAULT = 50
 
@@ -28,7 +26,7 @@ class SageMakerBackend(Backend):
     """`training` (TrainingJobs) and `registry` (ModelRegistry) share one tag store.
 
     :param max_running_jobs: how many training jobs train at once; the others wait in Starting.
-        Default: LOCALCLOUD_MAX_TRAINING_JOBS, else 1 (a training job uses every core it finds).
+        Default: config.max_training_jobs (LOCALCLOUD_MAX_TRAINING_JOBS, else 1).
     :param stop_grace_s: how long a stopped job's processes get between SIGTERM and SIGKILL.
     """
 
@@ -50,7 +48,7 @@ class SageMakerBackend(Backend):
             s3,
             logs,
             self.tags,
-            max_running=max_running_jobs or _max_training_jobs_from_env(),
+            max_running=max_running_jobs or config.max_training_jobs,
             stop_grace_s=stop_grace_s,
         )
         self.registry = ModelRegistry(store, config, self.tags)
@@ -97,14 +95,3 @@ class SageMakerBackend(Backend):
 
     def delete_tags(self, arn: str, keys: list[str]) -> None:
         self.tags.remove(self._existing(arn), keys)
-
-
-def _max_training_jobs_from_env() -> int:
-    raw = os.environ.get(MAX_TRAINING_JOBS_ENV, "1")
-    try:
-        value = int(raw)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise ValueError(f"{MAX_TRAINING_JOBS_ENV} must be a positive integer, got {raw!r}")
-    return value
