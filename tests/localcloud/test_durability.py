@@ -34,7 +34,7 @@ from localcloud.s3.bodies import Upload
 from localcloud.store import Store
 from tests.fixtures.localcloud import LocalCloudHandle
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 MiB = 1024 * 1024
 
 
@@ -435,7 +435,7 @@ def check_after_restart(
 
 @pytest.mark.slow
 def test_kill_9_during_concurrent_writes_and_deletes_loses_nothing_acknowledged(tmp_path):
-    from tests.test_localcloud_sagemaker import free_port  # noqa: PLC0415 - one helper, not a copy
+    from tests.localcloud.test_sagemaker import free_port  # noqa: PLC0415 - one helper, not a copy
 
     rng = random.Random(20261125)
     data_dir, port = tmp_path / "data", free_port()

@@ -19,8 +19,8 @@ from botocore.exceptions import ClientError
 from localcloud.app import LocalCloud
 from localcloud.config import Config
 from tests.fixtures.raw_http import address, exchange, read_answer, request_bytes, signed
+from tests.localcloud.test_apigateway import lambda_with_alias
 from tests.localcloud.test_awslambda import ECHO, create_function, error_code, make_zip
-from tests.test_localcloud_apigateway import lambda_with_alias
 
 STS_BODY = b"Action=GetCallerIdentity&Version=2011-06-15"
 STS_HEADERS = {"Authorization": signed("sts"), "Content-Type": "application/x-www-form-urlencoded"}

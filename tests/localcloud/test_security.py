@@ -26,7 +26,7 @@ from localcloud.wire import json_response
 from tests.fixtures.raw_http import address, exchange, read_answer, request_bytes, signed
 from tests.localcloud.test_awslambda import ROLE, make_zip
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 EVIL = "https://evil.example"
 CREDENTIAL_ONLY = "X-Amz-Credential=a%2F20261201%2Fus-east-1%2Flambda%2Faws4_request"
 
