@@ -1,7 +1,7 @@
 """localcloud.processes: children die with localcloud, groups end with their leader, records reap leftovers.
 
 The end-to-end check (kill -9 of a real localcloud with a Lambda worker and a training job running) is
-in test_localcloud_sagemaker.py; these are the mechanisms one by one.
+in test_sagemaker.py; these are the mechanisms one by one.
 """
 
 from __future__ import annotations
