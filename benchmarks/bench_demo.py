@@ -1,6 +1,6 @@
 """``make demo`` end to end (target: <= 4 minutes with the environment installed).
 
-Runs ``python -m mnist_pipeline.demo up`` exactly as ``make demo`` does, but in a temporary
+Runs ``python -m devtools up`` exactly as ``make demo`` does, but in a temporary
 project root (``dags/`` and ``plugins/`` linked to this repo) on free ports, so the developer's
 own ``.airflow/``, ``.localcloud/`` and running demo are never touched. A second ``up`` on the same
 state shows what a rerun costs (it must do no duplicate work). Both must exit 0.
@@ -23,7 +23,7 @@ REPO = Path(__file__).resolve().parents[1]
 def _demo(command: str, root: Path, env: dict[str, str]) -> float:
     started = time.perf_counter()
     result = subprocess.run(
-        [sys.executable, "-m", "mnist_pipeline.demo", command, "--root", str(root)],
+        [sys.executable, "-m", "devtools", command, "--root", str(root)],
         cwd=REPO,
         env=env,
         stdout=subprocess.PIPE,

@@ -143,8 +143,8 @@ def process_cpu_s(pid: int) -> tuple[float, float]:
 
 def train_quick_model(work_dir: Path) -> Path:
     """A model directory (model.onnx, model_card.json) from a quick real-MNIST training job."""
+    from devtools.mnist import load_mnist
     from localcloud.sagemaker.runner import collect_result, prepare_job_dir, start_training
-    from mnist_pipeline.dataset import load_mnist
     from mnist_pipeline.shards import write_shard
 
     mnist = load_mnist()
@@ -288,8 +288,8 @@ def handler_compute(model_dir: Path, body: str) -> list[float]:
 
 def run() -> list[Figure]:
     from benchmarks.bench_localcloud import serve_localcloud
+    from devtools.mnist import load_mnist
     from localcloud.app import make_client
-    from mnist_pipeline.dataset import load_mnist
     from mnist_pipeline.lambda_zip import build_lambda_zip
 
     mnist = load_mnist()

@@ -102,10 +102,10 @@ def sample_server(pid: int, health_url: str) -> dict:
 def run() -> list[Figure]:
     from benchmarks.bench_inference import deploy_endpoint, quick_model_dir
     from benchmarks.bench_localcloud import serve_localcloud
+    from devtools.mnist import load_mnist
     from localcloud.app import make_client
     from localcloud.config import DEFAULT_LAMBDA_WORKERS_PER_VERSION as DEFAULT_WORKERS_PER_VERSION
     from mnist_pipeline.artifacts import source_package_dir
-    from mnist_pipeline.dataset import load_mnist
     from mnist_pipeline.lambda_zip import build_lambda_zip
 
     mnist = load_mnist()

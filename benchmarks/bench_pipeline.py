@@ -1,7 +1,7 @@
 """Pipeline end to end: one nightly run of the DAG on localcloud, default hyperparameters, full data.
 
 The lake is the real layout: a 50k-image base, the MNIST test set as holdout, and the first nightly
-batch (2k images). localcloud runs as its own process, bootstrapped by ``mnist_pipeline.bootstrap``;
+batch (2k images). localcloud runs as its own process, bootstrapped by ``devtools.bootstrap``;
 the DAG runs through ``dag.test()`` (every task, in order, in one process, against a migrated
 SQLite DB in a throwaway AIRFLOW_HOME), with the DAG's default Params. The training job polls
 every 5 s, as in ``make demo`` (the DAG's default for real nightly jobs is 60 s).
@@ -132,7 +132,7 @@ def nightly_run(work: Path, max_train_samples: int) -> dict:
             "AIRFLOW__LOGGING__LOGGING_LEVEL": "WARNING",
         }
     )
-    from mnist_pipeline.demo import host_aws_variables
+    from devtools.airflow_env import host_aws_variables
 
     for name in host_aws_variables(os.environ):
         del os.environ[name]
@@ -143,11 +143,12 @@ def nightly_run(work: Path, max_train_samples: int) -> dict:
     migrate_s = time.perf_counter() - started
 
     from benchmarks.bench_localcloud import serve_localcloud
+    from devtools.bootstrap import bootstrap
+    from devtools.lake import LakePlan, seed_lake
+    from devtools.mnist import load_mnist
     from localcloud.app import make_client
     from mnist_pipeline.audit import read_audit
-    from mnist_pipeline.bootstrap import bootstrap
     from mnist_pipeline.config import PipelineConfig
-    from mnist_pipeline.dataset import LakePlan, load_mnist, seed_lake
 
     plan = LakePlan(batches=1)  # the 50k base and the first nightly batch
     seed_lake(work / "lake", load_mnist(), plan)

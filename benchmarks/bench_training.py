@@ -25,7 +25,7 @@ ANCHOR = "SageMaker PyTorch MNIST example (ml.c4.xlarge): 96.42% after 1 epoch, 
 
 
 def run() -> list[Figure]:
-    from mnist_pipeline.dataset import load_mnist
+    from devtools.mnist import load_mnist
 
     mnist = load_mnist()
     runs = [train_once(mnist, seed) for seed in range(int(os.environ.get("BENCH_TRAINING_RUNS") or RUNS))]

@@ -107,7 +107,8 @@ def serving(argv: list[str], ready_url: str, *, timeout_s: float = 30.0, cwd=Non
     Its stderr goes to a temporary file (a pipe nobody reads could fill and stall the server) and
     is quoted when the server dies or does not answer in time.
     """
-    from mnist_pipeline.demo import DemoError, wait_for_http
+    from devtools.layout import DemoError
+    from devtools.processes import wait_for_http
 
     with tempfile.TemporaryFile() as stderr:
         proc = subprocess.Popen(argv, cwd=cwd, stdout=subprocess.DEVNULL, stderr=stderr)

@@ -14,7 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from mnist_pipeline import demo
+from devtools.airflow_api import Airflow
+from devtools.airflow_env import admin_password
+from devtools.cli import run_page
+from devtools.layout import DAG_ID, FINISHED
 
 pytestmark = [pytest.mark.browser, pytest.mark.timeout(420)]
 
@@ -28,7 +31,7 @@ RUN_TIMEOUT_S = 240
 def log_in(page, layout) -> None:
     page.goto(layout.airflow_url + "/")
     page.type_into("input[name=username]", "admin")
-    page.type_into("input[name=password]", demo.admin_password(layout))
+    page.type_into("input[name=password]", admin_password(layout))
     page.click("button[type=submit]")
     page.wait_for("!location.pathname.startsWith('/auth/')", what="the login to finish")
 
@@ -44,14 +47,14 @@ def set_param(page, name: str, value: str) -> None:
     assert page.evaluate(f"document.getElementById({json.dumps(field_id)}).value") == value
 
 
-def wait_for_run_end(api: demo.Airflow, run_id: str, timeout_s: float) -> dict:
+def wait_for_run_end(api: Airflow, run_id: str, timeout_s: float) -> dict:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        run = api.run(demo.DAG_ID, run_id)
-        if run["state"] in demo.FINISHED:
+        run = api.run(DAG_ID, run_id)
+        if run["state"] in FINISHED:
             return run
         time.sleep(3)
-    states = api.task_states(demo.DAG_ID, run_id)
+    states = api.task_states(DAG_ID, run_id)
     raise AssertionError(f"run {run_id} did not finish within {timeout_s:.0f} s; tasks: {states}")
 
 
@@ -73,7 +76,7 @@ def test_a_run_triggered_through_the_params_form_succeeds_and_shows_on_the_audit
     try:
         log_in(page, layout)
 
-        page.goto(f"{layout.airflow_url}/dags/{demo.DAG_ID}")
+        page.goto(f"{layout.airflow_url}/dags/{DAG_ID}")
         page.click("[data-testid=trigger-dag-button]")
         for name, value in QUICK_PARAMS.items():
             set_param(page, name, value)
@@ -83,14 +86,14 @@ def test_a_run_triggered_through_the_params_form_succeeds_and_shows_on_the_audit
         page.wait_for(f"location.pathname.endsWith('/runs/{run_id}')", what="the new run's page")
 
         run = wait_for_run_end(api, run_id, RUN_TIMEOUT_S)
-        assert run["state"] == "success", api.task_states(demo.DAG_ID, run_id)
+        assert run["state"] == "success", api.task_states(DAG_ID, run_id)
         # The form's values, not the defaults, reached the run.
         assert {name: run["conf"][name] for name in QUICK_PARAMS} == {
             "max_train_samples": 2000,
             "epochs": 1,
             "min_accuracy": 0.3,
         }
-        page.goto(demo.run_page(layout, run_id))
+        page.goto(run_page(layout, run_id))
         page.wait_for(
             "document.body.innerText.toLowerCase().includes('success')", what="the run page's state"
         )

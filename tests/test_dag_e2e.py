@@ -20,11 +20,12 @@ import os
 import numpy as np
 import pytest
 
+from devtools.airflow_env import host_aws_variables
+from devtools.bootstrap import bootstrap
+from devtools.lake import LakePlan, seed_lake
+from devtools.mnist import Mnist
 from mnist_pipeline.audit import read_audit
-from mnist_pipeline.bootstrap import bootstrap
 from mnist_pipeline.config import PipelineConfig
-from mnist_pipeline.dataset import LakePlan, Mnist, seed_lake
-from mnist_pipeline.demo import host_aws_variables
 from mnist_pipeline.shards import shard_bytes
 from tests.fixtures.localcloud import LocalCloudHandle
 

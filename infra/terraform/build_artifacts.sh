@@ -3,7 +3,7 @@
 #   build/layer.zip     lambda_package/requirements.txt for Lambda's python3.12 on <arch>
 #                       (manylinux wheels only, never this machine's builds), under python/
 #   build/function.zip  the initial deployment package: handler.py without a model, the same
-#                       bytes as the local bootstrap's (mnist_pipeline.bootstrap.placeholder_zip)
+#                       bytes as the local bootstrap's (devtools.bootstrap.placeholder_zip)
 # Usage: infra/terraform/build_artifacts.sh [x86_64|arm64]   (default x86_64; match lambda_architecture)
 # Needs the project's virtualenv (make install) and the package index.
 set -euo pipefail
@@ -35,7 +35,7 @@ done
 (cd "$build/layer" && "$python" -m zipfile -c "$build/layer.zip" python)
 PYTHONPATH="$root/plugins:$root" "$python" -c '
 import sys
-from mnist_pipeline.bootstrap import placeholder_zip
+from devtools.bootstrap import placeholder_zip
 open(sys.argv[1], "wb").write(placeholder_zip())
 ' "$build/function.zip"
 

@@ -9,11 +9,15 @@ print, so the terminal table and the HTML table cannot disagree.
 Command line (the ``aws_default`` connection and the ``mnist_*`` settings, as the DAG uses them)::
 
     python -m mnist_pipeline.audit_view [--limit N] [--json] [--airflow-url URL]
+
+Against the local demo, ``make audit`` (``python -m devtools audit``) runs it with the demo's
+connection and Variables.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -28,6 +32,10 @@ from mnist_pipeline.config import PipelineConfig
 DAG_ID = "mnist_retraining"
 AWS_CONN_ID = "aws_default"
 DEFAULT_LIMIT = 30
+# Only the demo's Airflow processes have its connection and Variables; `make audit` passes them on.
+DEMO_HINT = (
+    "For the local demo (make demo), run `make audit` (or `make audit ARGS=--json`): it supplies them."
+)
 
 
 def default_airflow_url(environ: Mapping[str, str] = os.environ) -> str:
@@ -235,10 +243,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         config = load_config()
     except ConfigError as error:
         print(error, file=sys.stderr)
+        print(DEMO_HINT, file=sys.stderr)
         return 2
     try:
-        s3, sm = aws_clients()
-        rows = run_rows(s3, sm, config, airflow_url=args.airflow_url, limit=args.limit)
+        # Airflow logs to stdout (the connection's "credentials retrieved" lines); the rows are
+        # the only thing printed there, so that --json output can be piped.
+        with contextlib.redirect_stdout(sys.stderr):
+            s3, sm = aws_clients()
+            rows = run_rows(s3, sm, config, airflow_url=args.airflow_url, limit=args.limit)
     except (BotoCoreError, ClientError) as error:
         print(
             f"could not read {config.s3_uri(config.audit_prefix)} or the registry: {error}", file=sys.stderr

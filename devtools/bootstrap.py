@@ -1,6 +1,6 @@
-"""Stand up what the DAG expects to find, with the boto3 calls a person (or Terraform) would make.
+"""The local cloud's bootstrap: stand up what the DAG expects to find, with the boto3 calls a person (or Terraform) would make.
 
-- the bucket, with the data lake from :func:`mnist_pipeline.dataset.seed_lake` under the configured
+- the bucket, with the data lake from :func:`devtools.lake.seed_lake` under the configured
   prefixes (base, holdout, incoming) and ``data/reference.json`` computed from the base shards;
 - the Lambda function, created from ``lambda_package/handler.py`` alone, with no model and no
   alias: the first run that passes the gate publishes version 1 and creates the alias ``live`` on
@@ -9,22 +9,37 @@
 
 Every step checks what exists first, so bootstrapping twice changes nothing. Against AWS the
 same resources come from ``infra/terraform/``; this is for localcloud and for tests.
+- for the demo, the HTTP API ``POST /mnist`` in front of the function's alias, localcloud's own
+  process, and the nightly batches that ``feed`` delivers one by one.
 """
 
 from __future__ import annotations
 
-import io
 import logging
-import zipfile
+import os
+import shutil
+import sys
 from collections.abc import Iterable
 from pathlib import Path
 
 from botocore.exceptions import ClientError
 
+from devtools.layout import (
+    API_NAME,
+    BUCKET,
+    LAMBDA_ROLE,
+    REGION,
+    ROUTE_KEY,
+    SAGEMAKER_ROLE,
+    DemoError,
+    Layout,
+    say,
+)
+from devtools.processes import running_pid, start_process, wait_for_http
 from mnist_pipeline import s3io
 from mnist_pipeline.artifacts import source_package_dir
 from mnist_pipeline.config import PipelineConfig
-from mnist_pipeline.lambda_zip import HANDLER, ZIP_EPOCH
+from mnist_pipeline.lambda_zip import HANDLER, deterministic_zip
 from mnist_pipeline.shards import SHARD_SUFFIX, read_shard
 
 log = logging.getLogger(__name__)
@@ -100,13 +115,7 @@ def write_reference(s3, config: PipelineConfig, lake_dir: str | Path) -> str:
 
 def placeholder_zip() -> bytes:
     """The function's first code: the handler without a model (nothing serves until a run deploys)."""
-    handler = (source_package_dir("lambda_package") / "handler.py").read_bytes()
-    buffer = io.BytesIO()
-    with zipfile.ZipFile(buffer, "w") as archive:
-        entry = zipfile.ZipInfo("handler.py", date_time=ZIP_EPOCH)
-        entry.external_attr = 0o100644 << 16
-        archive.writestr(entry, handler)
-    return buffer.getvalue()
+    return deterministic_zip({"handler.py": source_package_dir("lambda_package") / "handler.py"})
 
 
 def ensure_lambda_function(
@@ -178,3 +187,119 @@ def bootstrap(
         "function_arn": function["FunctionArn"],
         "package_group_arn": group_arn,
     }
+
+
+# --- the demo's local cloud: its process, its clients, the HTTP API, the nightly batches ----------
+
+
+def pipeline_config():
+    from mnist_pipeline.config import PipelineConfig
+
+    return PipelineConfig(bucket=BUCKET, region=REGION, sagemaker_role_arn=SAGEMAKER_ROLE)
+
+
+def client(layout: Layout, service: str):
+    from localcloud.app import make_client
+
+    return make_client(layout.localcloud_url, service, REGION)
+
+
+def prepare_lake(layout: Layout, mnist, plan=None) -> None:
+    """Seed the lake once; keep nightly batches 2.. aside so that ``feed`` can deliver them.
+
+    :param plan: a :class:`~devtools.lake.LakePlan`; default: the full-size one.
+    """
+    from devtools.lake import LakePlan, seed_lake
+
+    if (layout.lake_dir / "lake-manifest.json").exists():
+        return
+    staging = layout.run_dir / "lake-staging"
+    shutil.rmtree(staging, ignore_errors=True)
+    seed_lake(staging, mnist, plan or LakePlan())
+    layout.pending_dir.mkdir(parents=True, exist_ok=True)
+    for batch in sorted((staging / "incoming").glob("batch-*.npz"))[1:]:
+        batch.rename(layout.pending_dir / batch.name)
+    staging.rename(layout.lake_dir)  # the manifest appears last: an interrupted seed starts over
+
+
+def ensure_http_api(apigw, function_arn: str, alias: str) -> dict:
+    """The quick-created HTTP API ``POST /mnist`` → the function's alias; found by name if it exists.
+
+    The alias need not exist yet: API Gateway resolves it per request, so the endpoint starts
+    answering once the first run has created ``live``.
+    """
+    for api in apigw.get_apis()["Items"]:
+        if api["Name"] == API_NAME:
+            return api
+    return apigw.create_api(
+        Name=API_NAME, ProtocolType="HTTP", Target=f"{function_arn}:{alias}", RouteKey=ROUTE_KEY
+    )
+
+
+def bootstrap_demo(layout: Layout) -> dict:
+    """Bucket, lake (base, holdout, first nightly batch), reference, function, group, HTTP API."""
+    config = pipeline_config()
+    result = bootstrap(
+        client(layout, "s3"),
+        client(layout, "lambda"),
+        client(layout, "sagemaker"),
+        config,
+        layout.lake_dir,
+        lambda_role_arn=LAMBDA_ROLE,
+    )
+    api = ensure_http_api(client(layout, "apigatewayv2"), result["function_arn"], config.lambda_alias)
+    return {**result, "api_id": api["ApiId"], "endpoint": api["ApiEndpoint"] + "/mnist"}
+
+
+def require_localcloud(layout: Layout) -> None:
+    if running_pid(layout.run_dir, "localcloud") is None:
+        raise DemoError(f"localcloud is not running (no live process in {layout.run_dir}); run `make demo`")
+
+
+def find_endpoint(layout: Layout) -> str:
+    require_localcloud(layout)
+    for api in client(layout, "apigatewayv2").get_apis()["Items"]:
+        if api["Name"] == API_NAME:
+            return api["ApiEndpoint"] + "/mnist"
+    raise DemoError(
+        f"no HTTP API named {API_NAME!r} in localcloud at {layout.localcloud_url}; run `make demo`"
+    )
+
+
+def feed_next_batch(layout: Layout) -> str:
+    """Upload the next nightly batch to the incoming prefix; return its S3 key."""
+    require_localcloud(layout)
+    pending = sorted(layout.pending_dir.glob("batch-*.npz"))
+    if not pending:
+        raise DemoError(f"every nightly batch has been fed already (nothing left in {layout.pending_dir})")
+    batch, config = pending[0], pipeline_config()
+    key = config.incoming_prefix + batch.name
+    s3io.put_bytes(client(layout, "s3"), config.bucket, key, batch.read_bytes())
+    batch.rename(layout.lake_dir / "incoming" / batch.name)  # bootstrap keeps it there from now on
+    return key
+
+
+def start_localcloud(layout: Layout) -> None:
+    if running_pid(layout.run_dir, "localcloud"):
+        say(f"localcloud already running at {layout.localcloud_url}")
+        return
+    env = {**os.environ, "LOCALCLOUD_PORT": str(layout.localcloud_port)}
+    argv = [
+        sys.executable,
+        "-m",
+        "localcloud",
+        "serve",
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(layout.localcloud_port),
+        "--data-dir",
+        str(layout.localcloud_dir),
+    ]
+    start_process(layout.run_dir, "localcloud", argv, env, layout.run_dir / "localcloud.log", layout.root)
+    wait_for_http(
+        f"{layout.localcloud_url}/_localcloud/health",
+        30,
+        process_alive=lambda: running_pid(layout.run_dir, "localcloud") is not None,
+    )
+    say(f"localcloud started at {layout.localcloud_url} (data in {layout.localcloud_dir})")
