@@ -18,11 +18,17 @@ Nightly retraining of the MNIST digit classifier, from new data to the `live` La
 5. **gate**: accuracy ≥ `min_accuracy` and ≥ champion − `max_regression`; with `require_approval`,
    a person decides too. A rejected model's package is marked Rejected; the alias is untouched.
 6. **deploy**: publish a Lambda version, smoke test that version, shift `canary_weight` of the
-   alias's traffic to it, check the canary, promote, mark the package Approved.
+   alias's traffic to it, check the canary, promote, mark the package Approved; then, and only
+   then, mark the run's batches consumed (`mark_batches_consumed`), so the next run does not
+   train on them again. A run that fails or is rejected consumes nothing.
 7. **rollback**: when a step after publishing fails, the alias goes back to the champion (only if
    it is still where this run left it) and the package is marked Rejected; the run then fails.
-8. **audit**: `audit/<run>.json` in S3, whatever happened; a deployed run marks its batches
+8. **audit**: `audit/<run>.json` in S3, whatever happened, including the batches the run marked
    consumed. `conclude_run` then fails the run if it failed.
+
+Each step's logic is the `mnist_pipeline` module of the same name (`data`, `train`, `evaluate`,
+`register`, `gate`, `deploy`, `rollback`, `audit`; step 0 is `live_alias`); task ids and XCom
+keys come from `mnist_pipeline.names`.
 
 Settings: Airflow Variables `mnist_*` or environment `MNIST_*` (see `mnist_pipeline.config`), and
 the connection `aws_default`, which alone decides whether this talks to AWS or to localcloud.
@@ -37,30 +43,24 @@ from airflow.providers.amazon.aws.hooks.s3 import S3Hook
 from airflow.providers.amazon.aws.hooks.sagemaker import SageMakerHook
 from airflow.providers.amazon.aws.sensors.sagemaker import SageMakerTrainingSensor
 from airflow.sdk import DAG, Param, TaskGroup, task
-from airflow.sdk.bases.skipmixin import SkipMixin
 from airflow.task.trigger_rule import TriggerRule
 
-from mnist_pipeline import pipeline
-from mnist_pipeline.approval import DeploymentApprovalOperator
+from mnist_pipeline import audit, data, deploy, evaluate, gate, live_alias, train
 from mnist_pipeline.config import PipelineConfig, dag_schedule, load_config, training_poke_interval
-from mnist_pipeline.lambda_deploy import (
-    LambdaAliasRollbackOperator,
-    LambdaAliasShiftOperator,
-    LambdaCanaryCheckOperator,
-    LambdaPublishVersionOperator,
-    LambdaSmokeTestOperator,
-)
-from mnist_pipeline.registry import ModelPackageStatusOperator, RegisterModelPackageOperator
-from mnist_pipeline.training import ResumableSageMakerTrainingOperator
+from mnist_pipeline.gate import DeploymentApprovalOperator
+from mnist_pipeline.names import TASK_IDS as IDS
+from mnist_pipeline.names import VERDICT_KEY, pull, task_name
+from mnist_pipeline.register import ModelPackageStatusOperator, RegisterModelPackageOperator
+from mnist_pipeline.rollback import LambdaAliasRollbackOperator, rollback_reason
 
 AWS_CONN_ID = "aws_default"
-IDS = pipeline.TASK_IDS
 
 
-def xcom(task_id: str, *path: str, key: str = "return_value") -> str:
-    """A Jinja template for a value inside what a task returned (for string template fields)."""
-    keys = "".join(f"['{name}']" for name in path)
-    return "{{ ti.xcom_pull(task_ids='" + task_id + "', key='" + key + "')" + keys + " }}"
+def xcom(name: str, *path: str, key: str = "return_value") -> str:
+    """A Jinja template for a value inside what the task ``IDS[name]`` returned (for string template
+    fields)."""
+    keys = "".join(f"['{item}']" for item in path)
+    return "{{ ti.xcom_pull(task_ids='" + IDS[name] + "', key='" + key + "')" + keys + " }}"
 
 
 def setting(name: str) -> str:
@@ -70,7 +70,17 @@ def setting(name: str) -> str:
     ``load_settings`` in the graph: an upstream that always succeeds would satisfy the trigger
     rule of ``promote_alias`` (none failed, at least one succeeded) in runs that deploy nothing.
     """
-    return xcom("load_settings", key=name)
+    return xcom("settings", key=name)
+
+
+def aws(settings: dict, *services: str) -> tuple:
+    """The run's settings as a ``PipelineConfig``, then boto3 clients through the aws_default
+    connection (AWS or localcloud: the connection decides), one per service named."""
+    hooks = {"s3": S3Hook, "lambda": LambdaHook, "sagemaker": SageMakerHook}
+    return (
+        PipelineConfig(**settings),
+        *(hooks[service](aws_conn_id=AWS_CONN_ID).conn for service in services),
+    )
 
 
 default_args = {
@@ -116,12 +126,6 @@ params = {
 }
 
 
-def clients(*services: str) -> list:
-    """boto3 clients through the aws_default connection (AWS or localcloud: the connection decides)."""
-    hooks = {"s3": S3Hook, "lambda": LambdaHook, "sagemaker": SageMakerHook}
-    return [hooks[service](aws_conn_id=AWS_CONN_ID).conn for service in services]
-
-
 with DAG(
     dag_id="mnist_retraining",
     description="Nightly MNIST retraining: validate, train, evaluate, gate, deploy to Lambda, audit.",
@@ -135,55 +139,45 @@ with DAG(
     tags=["mnist", "sagemaker", "lambda"],
 ) as dag:
 
-    @task(multiple_outputs=True)
+    @task(task_id=task_name("settings"), multiple_outputs=True)
     def load_settings() -> dict:
         """Read and check every setting once, so the whole run uses the same ones."""
         return load_config().as_dict()
 
     settings = load_settings()
 
-    @task(multiple_outputs=True)
+    @task(task_id=task_name("live_alias"), multiple_outputs=True)
     def check_live_alias(settings: dict) -> dict:
         """Where the alias points now: the champion, and anything that makes moving it unsafe."""
-        from mnist_pipeline.lambda_deploy import inspect_live_alias
-
-        lambda_conn, sm = clients("lambda", "sagemaker")
-        return inspect_live_alias(lambda_conn, sm, PipelineConfig(**settings))
+        config, lambda_conn, sm = aws(settings, "lambda", "sagemaker")
+        return live_alias.inspect_live_alias(lambda_conn, sm, config)
 
     live = check_live_alias(settings)
 
     with TaskGroup(
         "data",
         tooltip="Find, validate and snapshot the data",
-        doc_md=(
-            "New incoming batches are validated against `data/reference.json`; failures move to "
-            "`data/quarantine/<run>/` with their report. The snapshot lists every shard this run "
-            "trains on, with sha256s. With nothing new and no `force_retrain` the run stops here."
-        ),
-    ) as data:
+        doc_md="Step 1: new batches validated, failures quarantined, the run's snapshot written.",
+    ):
 
-        @task
+        @task(task_id=task_name("discovery"))
         def find_new_batches(settings: dict, run_id: str | None = None) -> dict:
-            from mnist_pipeline.lake import find_new_batches
+            config, s3 = aws(settings, "s3")
+            return data.find_new_batches(s3, config, run_id)
 
-            (s3,) = clients("s3")
-            return find_new_batches(s3, PipelineConfig(**settings), run_id)
-
-        @task
+        @task(task_id=task_name("validation"))
         def validate_data(settings: dict, discovery: dict, run_id: str | None = None) -> dict:
-            (s3,) = clients("s3")
-            return pipeline.validate_batches(s3, PipelineConfig(**settings), run_id, discovery["new"])
+            config, s3 = aws(settings, "s3")
+            return data.validate_batches(s3, config, run_id, discovery["new"])
 
-        @task.short_circuit(ignore_downstream_trigger_rules=False)
+        @task.short_circuit(task_id=task_name("new_data"), ignore_downstream_trigger_rules=False)
         def check_for_new_data(checked: dict, params: dict | None = None) -> bool:
-            return pipeline.has_work(checked, params["force_retrain"])
+            return data.has_work(checked, params["force_retrain"])
 
-        @task(multiple_outputs=True)
+        @task(task_id=task_name("snapshot"), multiple_outputs=True)
         def snapshot_data(settings: dict, checked: dict, run_id: str | None = None) -> dict:
-            from mnist_pipeline.lake import write_snapshot
-
-            (s3,) = clients("s3")
-            return write_snapshot(s3, PipelineConfig(**settings), run_id, checked["accepted"])
+            config, s3 = aws(settings, "s3")
+            return data.write_snapshot(s3, config, run_id, checked["accepted"])
 
         checked = validate_data(settings, find_new_batches(settings))
         snapshot = snapshot_data(settings, checked)
@@ -192,25 +186,19 @@ with DAG(
     with TaskGroup(
         "train",
         tooltip="Train on SageMaker",
-        doc_md=(
-            "One training job per run, named after the run: a retry or a cleared task finds the job "
-            "and resumes it (a Failed one leads to the next attempt, `-a2`...). The sensor checks "
-            "the job in reschedule mode, so waiting holds no worker slot."
-        ),
-    ) as train:
+        doc_md="Step 2: one SageMaker job per run, resumed on retry; the sensor holds no worker.",
+    ):
 
-        @task(multiple_outputs=True)
+        @task(task_id=task_name("source"), multiple_outputs=True)
         def upload_training_code(settings: dict) -> dict:
-            from mnist_pipeline.training import upload_source_dir
+            config, s3 = aws(settings, "s3")
+            return train.upload_source_dir(s3, config)
 
-            (s3,) = clients("s3")
-            return upload_source_dir(s3, PipelineConfig(**settings))
-
-        @task
+        @task(task_id=task_name("training_config"))
         def configure_training_job(
             settings: dict, snapshot: dict, source: dict, dag_run=None, params: dict | None = None
         ) -> dict:
-            return pipeline.training_job_request(
+            return train.training_job_request(
                 PipelineConfig(**settings),
                 dag_id=dag_run.dag_id,
                 run_id=dag_run.run_id,
@@ -221,8 +209,8 @@ with DAG(
 
         source = upload_training_code(settings)
         snapshot >> source
-        train_model = ResumableSageMakerTrainingOperator(
-            task_id="train_model",
+        train_model = train.ResumableSageMakerTrainingOperator(
+            task_id=task_name("training"),
             config=configure_training_job(settings, snapshot, source),
             wait_for_completion=False,
             print_log=False,
@@ -230,8 +218,8 @@ with DAG(
             execution_timeout=dt.timedelta(minutes=10),
         )
         wait_for_training = SageMakerTrainingSensor(
-            task_id="wait_for_training",
-            job_name=xcom(IDS["training"], "Training", "TrainingJobName"),
+            task_id=task_name("training_wait"),
+            job_name=xcom("training", "Training", "TrainingJobName"),
             print_log=False,
             mode="reschedule",
             poke_interval=training_poke_interval(),
@@ -244,25 +232,19 @@ with DAG(
     with TaskGroup(
         "evaluate",
         tooltip="Evaluate the model and the champion",
-        doc_md=(
-            "Downloads the job's `model.tar.gz` (extracted safely), scores the exact `model.onnx` "
-            "and the live champion on the holdout, and writes `evaluation.json` and `report.md`. "
-            "A `dry_run` ends here."
-        ),
-    ) as evaluate:
+        doc_md="Step 3: the job's model.onnx and the champion scored on the holdout.",
+    ):
 
-        @task(multiple_outputs=True)
+        @task(task_id=task_name("evaluation"), multiple_outputs=True)
         def evaluate_model(
             settings: dict, started: dict, live: dict, run_id: str | None = None, params: dict | None = None
         ):
-            from mnist_pipeline.evaluation import evaluate_run
-
-            s3, sm = clients("s3", "sagemaker")
-            job = pipeline.completed_job(sm, started["Training"]["TrainingJobName"])
+            config, s3, sm = aws(settings, "s3", "sagemaker")
+            job = train.completed_job(sm, started["Training"]["TrainingJobName"])
             return {
-                **evaluate_run(
+                **evaluate.evaluate_run(
                     s3,
-                    PipelineConfig(**settings),
+                    config,
                     live=live,
                     run_id=run_id,
                     training_job=job["TrainingJobName"],
@@ -273,7 +255,7 @@ with DAG(
                 "training_image": job["AlgorithmSpecification"]["TrainingImage"],
             }
 
-        @task.short_circuit(ignore_downstream_trigger_rules=False)
+        @task.short_circuit(task_id=task_name("not_dry_run"), ignore_downstream_trigger_rules=False)
         def stop_if_dry_run(params: dict | None = None) -> bool:
             return not params["dry_run"]
 
@@ -283,15 +265,10 @@ with DAG(
         evaluation >> not_dry_run
 
     with TaskGroup(
-        "register",
-        tooltip="Register the model package",
-        doc_md=(
-            "One model package per run (a retry finds it by its run_id metadata), pending approval, "
-            "with ModelMetrics pointing at evaluation.json."
-        ),
-    ) as register:
+        "register", tooltip="Register the model package", doc_md="Step 4: one model package per run."
+    ):
         register_model = RegisterModelPackageOperator(
-            task_id="register_model",
+            task_id=task_name("registration"),
             run_id="{{ run_id }}",
             evaluation_uri=evaluation["evaluation_uri"],
             image_uri=evaluation["training_image"],
@@ -312,29 +289,29 @@ with DAG(
     with TaskGroup(
         "gate",
         tooltip="Decide: deploy or reject",
-        doc_md=(
-            "The metric gate (decided in evaluate: accuracy ≥ min_accuracy and ≥ champion − "
-            "max_regression), then, with `require_approval`, a person. Rejected: the package is "
-            "marked Rejected and the run ends with the outcome `rejected`; the alias is untouched."
-        ),
-    ) as gate:
-        approve_deployment = DeploymentApprovalOperator(task_id="approve_deployment", evaluation=evaluation)
+        doc_md="Step 5: the metric gate, then (require_approval) a person.",
+    ):
+        approve_deployment = DeploymentApprovalOperator(task_id=task_name("approval"), evaluation=evaluation)
 
         # Reads evaluation and approval from XCom: as arguments, a succeeded evaluate_model would
         # satisfy "none failed, one succeeded" in a dry run, when register and approval are skipped.
-        @task.branch(trigger_rule=TriggerRule.NONE_FAILED_MIN_ONE_SUCCESS)
+        @task.branch(task_id=task_name("gate"), trigger_rule=TriggerRule.NONE_FAILED_MIN_ONE_SUCCESS)
         def quality_gate(ti=None, params: dict | None = None) -> str:
-            verdict = pipeline.gate_verdict(
-                pipeline.pull(ti, "evaluation"), pipeline.pull(ti, "approval"), params["require_approval"]
+            verdict = gate.gate_verdict(
+                pull(ti, "evaluation"), pull(ti, "approval"), params["require_approval"]
             )
-            ti.xcom_push(key=pipeline.VERDICT_KEY, value=verdict)
-            return "deploy.upload_lambda_package" if verdict["deploy"] else "gate.reject_model"
+            ti.xcom_push(key=VERDICT_KEY, value=verdict)
+            return IDS["lambda_package"] if verdict["deploy"] else IDS["reject"]
 
         reject_model = ModelPackageStatusOperator(
-            task_id="reject_model",
+            task_id=task_name("reject"),
             model_package_arn=register_model.output,
             status="Rejected",
-            description="{{ ti.xcom_pull(task_ids='gate.quality_gate', key='verdict')['reasons'] | join('; ') }}",
+            description="{{ ti.xcom_pull(task_ids='"
+            + IDS["gate"]
+            + "', key='"
+            + VERDICT_KEY
+            + "')['reasons'] | join('; ') }}",
             aws_conn_id=AWS_CONN_ID,
         )
         decision = quality_gate()
@@ -344,31 +321,23 @@ with DAG(
     with TaskGroup(
         "deploy",
         tooltip="Ship to Lambda",
-        doc_md=(
-            "Builds the deterministic zip (handler + the evaluated model.onnx, checked by sha256 + "
-            "model_card.json), publishes a version (unchanged code: no new version) and waits for it "
-            "to be Active, smoke tests that version (it must report the evaluated model's sha256), "
-            "then moves the alias, only from the state the run last saw it in: `canary_weight` of "
-            "the traffic first (0 skips the canary), checked with at least `canary_invocations` "
-            "calls of which the new version must answer at least 5, then all of it. The package is "
-            "then Approved with its version."
-        ),
-    ) as deploy:
+        doc_md="Step 6: publish, smoke test, canary, promote, approve; then the batches are consumed.",
+    ):
 
-        @task(multiple_outputs=True)
+        @task(task_id=task_name("lambda_package"), multiple_outputs=True)
         def upload_lambda_package(settings: dict, evaluation: dict, run_id: str | None = None) -> dict:
-            from mnist_pipeline.lambda_deploy import upload_lambda_package, version_description
-
-            (s3,) = clients("s3")
-            package = upload_lambda_package(
-                s3, PipelineConfig(**settings), evaluation["model_uri"], evaluation["model_sha256"]
+            config, s3 = aws(settings, "s3")
+            package = deploy.upload_lambda_package(
+                s3, config, evaluation["model_uri"], evaluation["model_sha256"]
             )
-            description = version_description(run_id, evaluation["training_job"], evaluation["accuracy"])
+            description = deploy.version_description(
+                run_id, evaluation["training_job"], evaluation["accuracy"]
+            )
             return {**package, "description": description}
 
         lambda_zip = upload_lambda_package(settings, evaluation)
-        publish = LambdaPublishVersionOperator(
-            task_id="publish_lambda_version",
+        publish = deploy.LambdaPublishVersionOperator(
+            task_id=task_name("publish"),
             function_name=setting("lambda_function"),
             s3_bucket=lambda_zip["s3_bucket"],
             s3_key=lambda_zip["s3_key"],
@@ -377,8 +346,8 @@ with DAG(
             multiple_outputs=True,
             aws_conn_id=AWS_CONN_ID,
         )
-        smoke_test = LambdaSmokeTestOperator(
-            task_id="smoke_test",
+        smoke_test = deploy.MnistEndpointSmokeTestOperator(
+            task_id=task_name("smoke_test"),
             function_name=setting("lambda_function"),
             version=publish.output["version"],
             examples_uri=evaluation["examples_uri"],
@@ -387,16 +356,14 @@ with DAG(
             aws_conn_id=AWS_CONN_ID,
         )
 
-        @task.branch
+        @task.branch(task_id=task_name("rollout"))
         def choose_rollout(params: dict | None = None) -> str:
-            return pipeline.rollout_start(
-                params["canary_weight"],
-                canary_task="deploy.shift_canary",
-                promote_task="deploy.promote_alias",
+            return deploy.rollout_start(
+                params["canary_weight"], canary_task=IDS["canary_shift"], promote_task=IDS["promote"]
             )
 
-        shift_canary = LambdaAliasShiftOperator(
-            task_id="shift_canary",
+        shift_canary = deploy.LambdaAliasShiftOperator(
+            task_id=task_name("canary_shift"),
             function_name=setting("lambda_function"),
             alias=setting("lambda_alias"),
             version=publish.output["version"],
@@ -404,8 +371,8 @@ with DAG(
             previous_steps=[IDS["live_alias"]],
             aws_conn_id=AWS_CONN_ID,
         )
-        check_canary = LambdaCanaryCheckOperator(
-            task_id="check_canary",
+        check_canary = deploy.MnistCanaryCheckOperator(
+            task_id=task_name("canary_check"),
             function_name=setting("lambda_function"),
             alias=setting("lambda_alias"),
             version=publish.output["version"],
@@ -413,8 +380,8 @@ with DAG(
             invocations="{{ params.canary_invocations }}",
             aws_conn_id=AWS_CONN_ID,
         )
-        promote_alias = LambdaAliasShiftOperator(
-            task_id="promote_alias",
+        promote_alias = deploy.LambdaAliasShiftOperator(
+            task_id=task_name("promote"),
             function_name=setting("lambda_function"),
             alias=setting("lambda_alias"),
             version=publish.output["version"],
@@ -424,39 +391,46 @@ with DAG(
             aws_conn_id=AWS_CONN_ID,
         )
         approve_model = ModelPackageStatusOperator(
-            task_id="approve_model",
+            task_id=task_name("approve"),
             model_package_arn=register_model.output,
             status="Approved",
-            description=f"deployed as {xcom(IDS['publish'], key='function_name')} version "
-            + xcom(IDS["publish"], key="version"),
+            description=f"deployed as {xcom('publish', key='function_name')} version "
+            + xcom("publish", key="version"),
             metadata={
                 "lambda_function": setting("lambda_function"),
                 "lambda_version": publish.output["version"],
             },
             aws_conn_id=AWS_CONN_ID,
         )
+
+        @task(task_id=task_name("consumed"))
+        def mark_batches_consumed(settings: dict, run_id: str | None = None) -> list[str]:
+            """Only a deployed run consumes its batches: the next run then does not find them."""
+            config, s3 = aws(settings, "s3")
+            return data.mark_consumed(s3, config, run_id)
+
         rollout = choose_rollout()
+        consumed = mark_batches_consumed(settings)
         decision >> lambda_zip
         publish >> smoke_test >> rollout >> [shift_canary, promote_alias]
-        shift_canary >> check_canary >> promote_alias >> approve_model
+        shift_canary >> check_canary >> promote_alias >> approve_model >> consumed
 
     with TaskGroup(
         "rollback",
         tooltip="Undo a failed deployment",
-        doc_md=(
-            "Runs when a step after publishing failed: the alias goes back to the version it had "
-            "at the start of the run (deleted if there was none), but only if it is still where "
-            "this run left it; a change made elsewhere since fails the task instead of being "
-            "reverted. The package is marked Rejected."
-        ),
-    ) as rollback:
+        doc_md="Step 7: the alias back to where the run found it, if still where the run left it.",
+    ):
 
-        @task.short_circuit(trigger_rule=TriggerRule.ONE_FAILED, ignore_downstream_trigger_rules=False)
+        @task.short_circuit(
+            task_id=task_name("rollback_check"),
+            trigger_rule=TriggerRule.ONE_FAILED,
+            ignore_downstream_trigger_rules=False,
+        )
         def check_for_rollback(ti=None, dag_run=None) -> str | None:
-            return pipeline.rollback_reason(ti, dag_run)
+            return rollback_reason(ti, dag_run)
 
         rollback_alias = LambdaAliasRollbackOperator(
-            task_id="rollback_alias",
+            task_id=task_name("rollback"),
             function_name=setting("lambda_function"),
             alias=setting("lambda_alias"),
             start_state=live["alias"],
@@ -464,10 +438,10 @@ with DAG(
             aws_conn_id=AWS_CONN_ID,
         )
         reject_rolled_back_model = ModelPackageStatusOperator(
-            task_id="reject_rolled_back_model",
+            task_id=task_name("rollback_reject"),
             model_package_arn=register_model.output,
             status="Rejected",
-            description=xcom("rollback.check_for_rollback"),
+            description=xcom("rollback_check"),
             aws_conn_id=AWS_CONN_ID,
         )
         rollback_needed = check_for_rollback()
@@ -477,33 +451,26 @@ with DAG(
     with TaskGroup(
         "audit",
         tooltip="Record what happened",
-        doc_md=(
-            "Writes `audit/<run>.json` whatever happened (run, data, training, decision, deployment, "
-            "outcome); a deployed run marks its batches consumed. `conclude_run` then fails the run "
-            "when its outcome is `failed` or `rolled_back`, with the reason."
-        ),
-    ) as audit_group:
+        doc_md="Step 8: the audit record, then the run's final state.",
+    ):
 
-        @task(trigger_rule=TriggerRule.ALL_DONE)
+        @task(task_id=task_name("audit"), trigger_rule=TriggerRule.ALL_DONE)
         def record_audit(ti=None, dag_run=None, params: dict | None = None) -> dict:
-            from mnist_pipeline.audit import record_run
-
             # Settings read afresh rather than from load_settings, which may be what failed.
-            config = load_config()
-            s3, sm = clients("s3", "sagemaker")
-            record = pipeline.audit_record(ti, dag_run, params, sm)
-            return {**record_run(s3, config, record), "error": record["result"]["error"]}
+            config, s3, sm = aws(load_config().as_dict(), "s3", "sagemaker")
+            record = audit.audit_record(ti, dag_run, params, sm)
+            recorded = audit.record_run(s3, config, record, consumed_batches=pull(ti, "consumed"))
+            return {**recorded, "error": record["result"]["error"]}
 
-        @task
+        @task(task_id=task_name("conclude"))
         def conclude_run(outcome: dict) -> str:
-            return pipeline.conclude(outcome)
+            return audit.conclude(outcome)
 
         audited = record_audit()
         concluded = conclude_run(audited)
 
-    # The audit waits for every other task, whatever became of it. Not directly for branches and
-    # short-circuits: they skip every task right after them not taken, which would skip the audit
-    # too; the tasks after them come later anyway.
-    for other in dag.tasks:
-        if other not in (audited.operator, concluded.operator) and not isinstance(other, SkipMixin):
-            other >> audited.operator
+    # Every path of the run ends in one of these three, whatever became of it: rejected, deployed
+    # (and its batches consumed), or rolled back. The audit waits for all three (all_done), so
+    # for every task before them. Not directly for a branch or a short-circuit: those skip every
+    # task right after them that was not taken, which would skip the audit too.
+    [reject_model, consumed, reject_rolled_back_model] >> audited

@@ -222,8 +222,8 @@ def test_terraform_validate_passes_offline(tmp_path):
 
 def test_the_functions_first_version_is_marked_as_the_placeholder():
     """An alias on the version Terraform publishes is a first deployment, not an unknown model: the
-    DAG recognises it by this description (lambda_deploy.PLACEHOLDER_DESCRIPTION)."""
-    from mnist_pipeline.lambda_deploy import PLACEHOLDER_DESCRIPTION
+    DAG recognises it by this description (live_alias.PLACEHOLDER_DESCRIPTION)."""
+    from mnist_pipeline.live_alias import PLACEHOLDER_DESCRIPTION
 
     function = re.search(
         r'resource "aws_lambda_function" "classifier" \{(.*?)\n\}',

@@ -71,7 +71,7 @@ def toolkit_job(quick_lake, tmp_path_factory):
 
     The code arrives as the pipeline ships it to SageMaker: the sourcedir.tar.gz of model_code/.
     """
-    from mnist_pipeline.training import pack_source_dir
+    from mnist_pipeline.train import pack_source_dir
 
     work_dir = tmp_path_factory.mktemp("jobs")
     source_tarball = work_dir / "sourcedir.tar.gz"

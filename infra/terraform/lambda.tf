@@ -29,7 +29,7 @@ resource "aws_cloudwatch_log_group" "lambda" {
 }
 
 # Version 1, published here, is the placeholder; its description tells the DAG that an alias on it is
-# a first deployment (mnist_pipeline.lambda_deploy.PLACEHOLDER_DESCRIPTION), not an unknown model.
+# a first deployment (mnist_pipeline.live_alias.PLACEHOLDER_DESCRIPTION), not an unknown model.
 resource "aws_lambda_function" "classifier" {
   function_name                  = var.lambda_function_name
   description                    = "placeholder: no model deployed yet; the mnist_retraining DAG publishes the versions that serve"

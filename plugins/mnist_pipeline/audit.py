@@ -14,8 +14,11 @@ tested without Airflow. Sections::
 A section whose tasks did not run is ``null``. The key is :func:`mnist_pipeline.config.run_key`
 of the run id; the raw run id is inside the document (``run.run_id``).
 
-:func:`record_run` writes the record and, for a deployed run, marks its batches consumed
-(:func:`mnist_pipeline.lake.mark_consumed`): only a successful run consumes data.
+:func:`audit_record` gathers it from the run's tasks (by the ids in
+:data:`mnist_pipeline.names.TASK_IDS`), :func:`record_run` writes it, and :func:`conclude` ends the
+run as its outcome says. The audit only records: which batches the run consumed is decided by the
+``mark_batches_consumed`` task after the deployment (:func:`mnist_pipeline.data.mark_consumed`),
+and the record says what that task marked (``result.consumed_batches``).
 """
 
 from __future__ import annotations
@@ -25,14 +28,23 @@ import logging
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from mnist_pipeline import lake, s3io
+from airflow.providers.common.compat.sdk import AirflowFailException
+
+from mnist_pipeline import s3io
 from mnist_pipeline.config import PipelineConfig
+from mnist_pipeline.names import FAILED_STATES, VERDICT_KEY, pull, task_states
 
 log = logging.getLogger(__name__)
 
 SCHEMA_VERSION = 1
 OUTCOMES = ("deployed", "rejected", "nothing_to_do", "dry_run", "rolled_back", "failed")
-CONSUMING_OUTCOMES = {"deployed"}
+# Outcomes after which the run must end failed (a rejected model is a decision, not a failure).
+FAILING_OUTCOMES = {"failed", "rolled_back"}
+
+
+class RunFailed(AirflowFailException):
+    """The run did not deploy because something broke; the message says what. Not retried:
+    trying again cannot change a training job that ended or a run that already failed."""
 
 
 def _iso(value: Any) -> str | None:
@@ -71,7 +83,7 @@ def run_section(dag_run: Any, params: Mapping[str, Any] | None = None) -> dict:
 def data_section(
     discovery: Mapping | None = None, checked: Mapping | None = None, snapshot: Mapping | None = None
 ) -> dict | None:
-    """From :func:`lake.find_new_batches`, :func:`lake.check_batches` and :func:`lake.write_snapshot`."""
+    """From :func:`data.find_new_batches`, :func:`data.check_batches` and :func:`data.write_snapshot`."""
     if discovery is None and checked is None and snapshot is None:
         return None
     return {
@@ -121,7 +133,7 @@ def decision_section(
     model_package_status: str | None = None,
     approval: Mapping | None = None,
 ) -> dict | None:
-    """From :func:`evaluation.evaluate_run`, the registry task and the optional human approval."""
+    """From :func:`evaluate.evaluate_run`, the registry task and the optional human approval."""
     if evaluation is None and model_package_arn is None:
         return None
     evaluation = evaluation or {}
@@ -229,27 +241,19 @@ def write_audit(s3, config: PipelineConfig, record: dict) -> str:
     return s3io.put_json(s3, config.bucket, config.audit_key(record["run"]["run_id"]), record)
 
 
-def record_run(s3, config: PipelineConfig, record: dict) -> dict:
-    """Mark the run's batches consumed when it deployed, then write its audit record.
+def record_run(
+    s3, config: PipelineConfig, record: dict, consumed_batches: Iterable[str] | None = None
+) -> dict:
+    """Write the run's audit record, with the batches its ``mark_batches_consumed`` task marked
+    consumed (None: the task did not run, as in a run that did not deploy).
 
-    The record is written even when marking fails; the error is then in ``result.error`` and
-    raised after the write.
+    :return: ``{"audit_uri", "outcome", "consumed_batches"}``.
     """
     run_id, outcome = record["run"]["run_id"], record["result"]["outcome"]
-    consumed, failure = [], None
-    if outcome in CONSUMING_OUTCOMES:
-        try:
-            consumed = lake.mark_consumed(s3, config, run_id)
-        except Exception as error:  # the audit record must still be written
-            failure = error
-            note = f"marking the run's batches consumed failed: {error}"
-            record["result"]["error"] = "; ".join(filter(None, [record["result"].get("error"), note]))
-    record["result"]["consumed_batches"] = consumed
+    record["result"]["consumed_batches"] = list(consumed_batches or [])
     uri = write_audit(s3, config, record)
     log.info("audit record for %s (%s): %s", run_id, outcome, uri)
-    if failure is not None:
-        raise failure
-    return {"audit_uri": uri, "outcome": outcome, "consumed_batches": consumed}
+    return {"audit_uri": uri, "outcome": outcome, "consumed_batches": record["result"]["consumed_batches"]}
 
 
 def read_audit(s3, config: PipelineConfig, run_id: str) -> dict:
@@ -287,3 +291,82 @@ def summarize(record: dict) -> dict:
         "lambda_version": deployment.get("lambda_version"),
         "written_at": record.get("written_at"),
     }
+
+
+# --- the run's record, from its tasks ---------------------------------------------------------------
+
+
+def audit_record(ti, dag_run, params: Mapping[str, Any], sm) -> dict:
+    """The run's audit record, from what every task returned and the state it ended in."""
+    from mnist_pipeline.data import has_work
+    from mnist_pipeline.gate import approval_summary
+
+    states = task_states(ti, dag_run)
+    failed = sorted(task for task, state in states.items() if state in FAILED_STATES)
+    checked, evaluation = pull(ti, "validation"), pull(ti, "evaluation")
+    verdict = pull(ti, "gate", key=VERDICT_KEY)
+    package_arn = pull(ti, "registration")
+    rollback = pull(ti, "rollback")
+
+    training = _training_description(sm, pull(ti, "training"))
+    package_status = None
+    if package_arn:
+        package_status = sm.describe_model_package(ModelPackageName=package_arn).get("ModelApprovalStatus")
+
+    outcome = decide_outcome(
+        failed_tasks=failed,
+        rolled_back=rollback is not None,
+        nothing_to_do=checked is not None and not has_work(checked, params.get("force_retrain", False)),
+        approved=None if verdict is None else verdict["deploy"],
+        dry_run=bool(params.get("dry_run")) and evaluation is not None,
+    )
+    return build_audit_record(
+        run=run_section(dag_run, params),
+        live_alias=pull(ti, "live_alias"),
+        data=data_section(pull(ti, "discovery"), checked, pull(ti, "snapshot")),
+        training=training_section(training),
+        decision=decision_section(
+            evaluation, package_arn, package_status, approval=approval_summary(pull(ti, "approval"), verdict)
+        ),
+        deployment=deployment_section(
+            publish=pull(ti, "publish"),
+            smoke_test=pull(ti, "smoke_test"),
+            alias_shifts=[pull(ti, "canary_shift"), pull(ti, "promote")],
+            canary=pull(ti, "canary_check"),
+            rollback=rollback,
+        ),
+        result=result_section(outcome, failed_tasks=failed, error=_error(failed, training, rollback)),
+    )
+
+
+def _training_description(sm, started: Mapping | None) -> dict | None:
+    if not started:
+        return None
+    name = started["Training"]["TrainingJobName"]
+    try:
+        return sm.describe_training_job(TrainingJobName=name)
+    except Exception:  # the audit must be written: fall back to what the train task saw
+        log.exception("could not describe training job %s; auditing the train task's view of it", name)
+        return dict(started["Training"])
+
+
+def _error(failed: list[str], training: Mapping | None, rollback: Mapping | None) -> str | None:
+    if not failed:
+        return None
+    parts = [f"failed tasks: {', '.join(failed)}"]
+    if training and training.get("TrainingJobStatus") in ("Failed", "Stopped"):
+        parts.append(
+            f"training job {training['TrainingJobName']} {training['TrainingJobStatus']}: "
+            f"{training.get('FailureReason', 'no reason given')}"
+        )
+    if rollback:
+        parts.append(f"alias {rollback['alias']} restored to version {rollback['version']}")
+    return "; ".join(parts)
+
+
+def conclude(outcome: Mapping) -> str:
+    """End the run as its outcome says: raise for a failure (after the audit was written)."""
+    if outcome["outcome"] in FAILING_OUTCOMES:
+        raise RunFailed(f"run {outcome['outcome']}: {outcome.get('error') or 'see the audit record'}")
+    log.info("run outcome: %s (%s)", outcome["outcome"], outcome["audit_uri"])
+    return outcome["outcome"]

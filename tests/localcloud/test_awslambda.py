@@ -22,8 +22,8 @@ from botocore.exceptions import ClientError, WaiterError
 
 from localcloud.awslambda import LambdaBackend
 from localcloud.config import Config
-from mnist_pipeline.lambda_deploy import alias_state
 from mnist_pipeline.lambda_zip import code_sha256
+from mnist_pipeline.live_alias import alias_state
 
 ROLE = "arn:aws:iam::000000000000:role/lambda-test"
 HANDLER_FILE = Path(__file__).resolve().parents[2] / "lambda_package" / "handler.py"

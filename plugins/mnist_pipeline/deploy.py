@@ -1,35 +1,27 @@
-"""Lambda deployment operators: publish a version, smoke test it, shift the alias, check, roll back.
+"""The deploy step: build the Lambda package, publish a version, smoke test it, shift the alias.
 
 Written like the amazon provider's ``operators/lambda_function.py``: thin operators over
 ``LambdaHook(...).conn`` that store their arguments, log what they did and return JSON for XCom.
 Each is idempotent, so a retry or a cleared task never publishes a second version of the same
 code or moves the alias twice:
 
-- :func:`inspect_live_alias`, at the start of a run: where the alias points, whether that is a
-  champion the pipeline deployed (an Approved model package records it), and what makes moving it
-  unsafe (leftover canary weights, a version no Approved package records).
 - :func:`upload_lambda_package` builds the deterministic zip (handler + the job's model.onnx and
   model_card.json) and puts it in S3 once per content, after checking that model.onnx is the
   very file the evaluation scored (its sha256).
 - :class:`LambdaPublishVersionOperator` updates ``$LATEST`` only when the zip's CodeSha256
   differs, returns the existing version that has that code instead of publishing another, and
   waits for the version to be Active.
-- :class:`LambdaSmokeTestOperator` invokes a *version* (never the alias) with known holdout digits
-  and a malformed request, and checks that the version reports the evaluated model's sha256.
+- :class:`MnistEndpointSmokeTestOperator` invokes a *version* (never the alias) with known holdout
+  digits and a malformed request, and checks that the version reports the evaluated model's sha256.
 - :class:`LambdaAliasShiftOperator` moves the alias (canary weight or fully), only from the state
   this run last saw it in (version, weights and RevisionId), and does nothing when it is already
   there.
-- :class:`LambdaCanaryCheckOperator` invokes the alias until the new version itself has answered
+- :class:`MnistCanaryCheckOperator` invokes the alias until the new version itself has answered
   enough calls; every call must succeed.
-- :class:`LambdaAliasRollbackOperator` puts the alias back on the version it had at the start of
-  the run, only if it is still where this run left it: a later change (a hotfix, another run) is
-  never reverted.
 
-The invariant they keep together: the alias only ever points at versions that passed the smoke
-test and the canary, and a rollback never reverts a change it did not make.
-
-The function answers as ``lambda_package/handler.py`` does for a direct invoke: an API
-Gateway-style ``{"statusCode", "headers", "body": "<json>"}``.
+With :class:`mnist_pipeline.rollback.LambdaAliasRollbackOperator` they keep the invariant: the
+alias only ever points at versions that passed the smoke test and the canary, and a rollback never
+reverts a change it did not make. The request contract is :mod:`mnist_pipeline.endpoint`.
 """
 
 from __future__ import annotations
@@ -42,46 +34,37 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import numpy as np
 from airflow.providers.amazon.aws.hooks.lambda_function import LambdaHook
-from airflow.providers.amazon.aws.hooks.s3 import S3Hook
 from airflow.providers.amazon.aws.operators.base_aws import AwsBaseOperator
 from airflow.providers.amazon.aws.utils.mixins import aws_template_fields
-from airflow.providers.common.compat.sdk import AirflowException, AirflowFailException
-from botocore.exceptions import ClientError
+from airflow.providers.common.compat.sdk import AirflowException
 
-from mnist_pipeline import registry, s3io
+from mnist_pipeline import s3io
 from mnist_pipeline.artifacts import download_model, source_package_dir
 from mnist_pipeline.config import PipelineConfig
+from mnist_pipeline.endpoint import (
+    MALFORMED_REQUEST,
+    MAX_CANARY_EXAMPLES,
+    DeploymentCheckFailed,
+    MnistExamplesMixin,
+    check_accuracy,
+    invoke_json,
+)
 from mnist_pipeline.lambda_zip import build_lambda_zip, code_sha256
-from mnist_pipeline.shards import load_shard_bytes
+from mnist_pipeline.live_alias import (
+    AliasChangedElsewhere,
+    alias_state,
+    describe_state,
+    get_alias,
+    last_recorded_state,
+    revision_condition,
+    same_state,
+)
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
 
 DESCRIPTION_MAX = 256  # Lambda's limit on a version description
-# Wrong length: the handler must answer 4xx, never run the model on it or fail with a 5xx.
-MALFORMED_REQUEST = {"input": [0] * 10}
-# The infrastructure's first version (the handler without a model: nothing serves yet) says so in
-# its description; infra/terraform/lambda.tf sets it. An alias on it is a first deployment.
-PLACEHOLDER_DESCRIPTION = "placeholder: no model deployed yet"
-MAX_CANARY_EXAMPLES = 1000  # distinct digits a canary check sends (then it cycles through them)
-
-
-class DeploymentCheckFailed(AirflowFailException):
-    """A deployed version or alias did not answer as it must; the message says what it answered.
-
-    Not retried: asking a broken version again cannot change its answers, and a canary retried
-    with backoff keeps serving its share of errors for minutes before the rollback. (Errors
-    reaching the function, a throttle or a lost connection, are botocore's and are retried.)
-    """
-
-
-class AliasChangedElsewhere(DeploymentCheckFailed):
-    """The alias is not where this run expected it: someone or something else moved it since."""
-
-
-# --- the deployment package -------------------------------------------------------------------------
 
 
 def upload_lambda_package(
@@ -121,198 +104,14 @@ def upload_lambda_package(
     }
 
 
-# --- helpers shared by the operators ----------------------------------------------------------
-
-
 def version_description(run_id: str, training_job: str, accuracy: float) -> str:
     """The published version's description: which run, job and holdout accuracy it came from."""
     return f"run {run_id}; job {training_job}; accuracy {accuracy:.4f}"[:DESCRIPTION_MAX]
 
 
-def parse_handler_response(payload: bytes, where: str) -> tuple[int, dict]:
-    """(statusCode, parsed body) of the handler's API Gateway-style answer to a direct invoke."""
-    try:
-        response = json.loads(payload)
-        status, body = int(response["statusCode"]), json.loads(response["body"])
-    except (ValueError, KeyError, TypeError) as error:
-        raise DeploymentCheckFailed(
-            f"{where} answered {payload[:300]!r}, not an API Gateway-style response with statusCode and a "
-            f"JSON body ({error})"
-        ) from error
-    return status, body
-
-
-def invoke_json(conn, function_name: str, qualifier: str, request: dict) -> tuple[int, dict, str | None]:
-    """Invoke synchronously; return (statusCode, body, executed version). Function errors raise."""
-    where = f"{function_name}:{qualifier}"
-    response = conn.invoke(
-        FunctionName=function_name,
-        Qualifier=qualifier,
-        InvocationType="RequestResponse",
-        Payload=json.dumps(request).encode(),
-    )
-    payload = response["Payload"].read()
-    if response.get("FunctionError"):
-        raise DeploymentCheckFailed(
-            f"{where} raised an error ({response['FunctionError']}): {payload[:1000]!r}"
-        )
-    status, body = parse_handler_response(payload, where)
-    return status, body, response.get("ExecutedVersion")
-
-
-def pick_examples(
-    images: np.ndarray, labels: np.ndarray, count: int | None = None
-) -> tuple[list[list[int]], list[int]]:
-    """Digits of a holdout shard as request pixels and expected labels: all of them, or ``count``
-    evenly spaced ones."""
-    if count is not None and count < 1:
-        raise ValueError(f"need at least one example, got count={count}")
-    total = len(labels)
-    indices = np.unique(np.linspace(0, total - 1, num=min(count or total, total)).round().astype(int))
-    pixels = images[indices].reshape(len(indices), -1).astype(int).tolist()
-    return pixels, labels[indices].astype(int).tolist()
-
-
-def alias_state(alias: dict | None) -> dict:
-    """The part of an alias that matters: ``{"exists", "version", "weights", "revision_id"}``."""
-    if alias is None:
-        return {"exists": False, "version": None, "weights": {}, "revision_id": None}
-    weights = (alias.get("RoutingConfig") or {}).get("AdditionalVersionWeights") or {}
-    return {
-        "exists": True,
-        "version": alias["FunctionVersion"],
-        "weights": dict(weights),
-        "revision_id": alias.get("RevisionId"),
-    }
-
-
-def get_alias(conn, function_name: str, alias: str) -> dict | None:
-    try:
-        return conn.get_alias(FunctionName=function_name, Name=alias)
-    except ClientError as error:
-        if error.response["Error"]["Code"] == "ResourceNotFoundException":
-            return None
-        raise
-
-
-def _revision(response: dict) -> dict:
-    # Only condition on a revision the service reported (moto's functions have none).
-    return {"RevisionId": response["RevisionId"]} if response.get("RevisionId") else {}
-
-
-def same_state(a: dict, b: dict) -> bool:
-    """Whether two :func:`alias_state` dicts are the same state of the alias, revision included."""
-    return (a["exists"], a["version"], a["weights"], a["revision_id"]) == (
-        b["exists"],
-        b["version"],
-        b["weights"],
-        b["revision_id"],
-    )
-
-
-def describe_state(state: dict) -> str:
-    """An alias state for a person: ``version 3 + {'4': 0.1} (revision 8f2c...)``, or ``absent``."""
-    if not state["exists"]:
-        return "absent"
-    weights = f" + {state['weights']}" if state["weights"] else ""
-    return f"version {state['version']}{weights} (revision {state['revision_id']})"
-
-
-def recorded_state(result: dict | None) -> dict | None:
-    """The alias state an earlier step of the run recorded: a shift's or rollback's ``after``, or
-    the ``alias`` that :func:`inspect_live_alias` found at the start of the run."""
-    if not result:
-        return None
-    return result.get("after") or result.get("alias")
-
-
-def last_recorded_state(ti, task_ids: Sequence[str]) -> dict | None:
-    """The latest state that the tasks ``task_ids`` (in run order) recorded; None when none ran."""
-    found = None
-    for task_id in task_ids:
-        state = recorded_state(ti.xcom_pull(task_ids=task_id))
-        if state is not None:
-            found = state
-    return found
-
-
-def inspect_live_alias(lambda_conn, sm, config: PipelineConfig) -> dict:
-    """Where the alias points at the start of a run, and whether the pipeline may move it.
-
-    The champion is the alias's version when an Approved model package records it. Deploying is
-    unsafe, and ``problems`` says why, when the alias still routes weights to another version (a
-    deployment that did not finish) or points at a version no Approved package records (deployed
-    by hand, or rejected since): such a version is not treated as the champion, and the gate
-    refuses to move the alias away from it until a person has looked. The infrastructure's
-    placeholder version (description starting with :data:`PLACEHOLDER_DESCRIPTION`) serves
-    nothing, so an alias on it is a first deployment.
-
-    :return: ``{"alias": alias_state, "champion_version", "champion_package_arn",
-        "champion_model_uri", "placeholder", "problems"}``.
-    """
-    function, name = config.lambda_function, config.lambda_alias
-    state = alias_state(get_alias(lambda_conn, function, name))
-    found = {
-        "alias": state,
-        "champion_version": None,
-        "champion_package_arn": None,
-        "champion_model_uri": None,
-        "placeholder": False,
-        "problems": [],
-    }
-    if not state["exists"]:
-        return found
-    version, problems = state["version"], found["problems"]
-    if state["weights"]:
-        problems.append(
-            f"alias {name} still routes {state['weights']} beside version {version}: a deployment did not "
-            "finish; point the alias at one version before the next deployment"
-        )
-    if not str(version).isdigit():
-        problems.append(f"alias {name} points at {version}, not a published version")
-        return found
-    package = registry.find_package_for_lambda_version(sm, config.model_package_group, function, version)
-    if package is not None:
-        found.update(
-            champion_version=version,
-            champion_package_arn=package["ModelPackageArn"],
-            champion_model_uri=registry.model_data_url(package),
-        )
-        return found
-    described = lambda_conn.get_function_configuration(FunctionName=function, Qualifier=version)
-    if described.get("Description", "").startswith(PLACEHOLDER_DESCRIPTION):
-        found["placeholder"] = True
-    else:
-        problems.append(
-            f"alias {name} points at version {version}, which no Approved model package in "
-            f"{config.model_package_group} records (deployed by hand, or rejected since): it is not "
-            "treated as the champion, and the pipeline will not move the alias away from it"
-        )
-    return found
-
-
-class _LambdaExamplesMixin:
-    """Reads the known digits a check sends, from a holdout shard in S3."""
-
-    examples_uri: str
-    aws_conn_id: str | None
-    region_name: str | None
-    verify: bool | str | None
-    botocore_config: dict | None
-
-    def load_examples(self, count: int | None) -> tuple[list[list[int]], list[int]]:
-        bucket, key = s3io.split_s3_uri(self.examples_uri)
-        s3 = S3Hook(
-            aws_conn_id=self.aws_conn_id,
-            region_name=self.region_name,
-            verify=self.verify,
-            config=self.botocore_config,
-        ).conn
-        images, labels = load_shard_bytes(s3io.get_bytes(s3, bucket, key), where=self.examples_uri)
-        return pick_examples(images, labels, count)
-
-
-# --- operators --------------------------------------------------------------------------------
+def rollout_start(canary_weight: float, *, canary_task: str, promote_task: str) -> str:
+    """The first alias step: the canary when it gets traffic, else straight to full promotion."""
+    return canary_task if float(canary_weight) > 0 else promote_task
 
 
 class LambdaPublishVersionOperator(AwsBaseOperator[LambdaHook]):
@@ -380,7 +179,7 @@ class LambdaPublishVersionOperator(AwsBaseOperator[LambdaHook]):
                 FunctionName=self.function_name,
                 S3Bucket=self.s3_bucket,
                 S3Key=self.s3_key,
-                **_revision(latest),
+                **revision_condition(latest),
             )
         else:
             self.log.info("%s $LATEST already has CodeSha256 %s.", self.function_name, self.code_sha256)
@@ -404,7 +203,7 @@ class LambdaPublishVersionOperator(AwsBaseOperator[LambdaHook]):
                 FunctionName=self.function_name,
                 CodeSha256=self.code_sha256,
                 Description=self.description[:DESCRIPTION_MAX],
-                **_revision(latest),
+                **revision_condition(latest),
             )
             created = True
             self.log.info(
@@ -440,7 +239,7 @@ class LambdaPublishVersionOperator(AwsBaseOperator[LambdaHook]):
         }
 
 
-class LambdaSmokeTestOperator(_LambdaExamplesMixin, AwsBaseOperator[LambdaHook]):
+class MnistEndpointSmokeTestOperator(MnistExamplesMixin, AwsBaseOperator[LambdaHook]):
     """
     Invoke a published version (not an alias) with known holdout digits and with a malformed request.
 
@@ -553,27 +352,6 @@ class LambdaSmokeTestOperator(_LambdaExamplesMixin, AwsBaseOperator[LambdaHook])
             )
 
 
-def check_accuracy(predictions: list, labels: list[int], min_accuracy: float, where: str) -> float:
-    """The fraction of ``predictions`` equal to ``labels``; raise if below ``min_accuracy``."""
-    if len(predictions) != len(labels):
-        raise DeploymentCheckFailed(
-            f"{where} returned {len(predictions)} predictions for {len(labels)} digits"
-        )
-    wrong = [
-        (index, label, got)
-        for index, (label, got) in enumerate(zip(labels, predictions, strict=True))
-        if got != label
-    ]
-    accuracy = 1 - len(wrong) / len(labels)
-    if accuracy < min_accuracy:
-        examples = ", ".join(f"#{index}: {label} read as {got}" for index, label, got in wrong[:5])
-        raise DeploymentCheckFailed(
-            f"{where} classified {len(labels) - len(wrong)}/{len(labels)} known digits correctly "
-            f"({accuracy:.4f}), below min_accuracy {min_accuracy}; e.g. {examples}"
-        )
-    return accuracy
-
-
 class LambdaAliasShiftOperator(AwsBaseOperator[LambdaHook]):
     """
     Point an alias at a version: fully, or as a canary that gets ``weight`` of the traffic.
@@ -657,7 +435,7 @@ class LambdaAliasShiftOperator(AwsBaseOperator[LambdaHook]):
             Name=self.alias,
             FunctionVersion=target_version,
             RoutingConfig={"AdditionalVersionWeights": target_weights},
-            **_revision(current),
+            **revision_condition(current),
         )
         self.log.info(
             "Alias %s: %s → %s %s.", self.alias, describe_state(before), target_version, target_weights
@@ -676,7 +454,7 @@ class LambdaAliasShiftOperator(AwsBaseOperator[LambdaHook]):
         }
 
 
-class LambdaCanaryCheckOperator(_LambdaExamplesMixin, AwsBaseOperator[LambdaHook]):
+class MnistCanaryCheckOperator(MnistExamplesMixin, AwsBaseOperator[LambdaHook]):
     """
     Invoke an alias with known digits until the new version itself has answered enough of them.
 
@@ -787,90 +565,3 @@ class LambdaCanaryCheckOperator(_LambdaExamplesMixin, AwsBaseOperator[LambdaHook
                 "there is no canary to check"
             )
         return max(invocations, math.ceil(4 * needed / share))
-
-
-class LambdaAliasRollbackOperator(AwsBaseOperator[LambdaHook]):
-    """
-    Put an alias back on the version it had at the start of the run, if this run moved it.
-
-    The alias is restored only when it is still exactly where this run left it (version, weights
-    and RevisionId, as the last of ``left_by`` recorded; the update conditioned on that
-    RevisionId). If it is somewhere else, someone or something changed it since (a hotfix, a
-    newer run, a person) and the task fails, naming both states, instead of reverting that change.
-    An alias already back on the starting version, with no routing, is left alone, so the rollback
-    can be retried or cleared again. When the alias did not exist at the start, it is deleted.
-
-    https://boto3.amazonaws.com/v1/documentation/api/latest/reference/services/lambda/client/update_alias.html
-
-    :param function_name: The name of the AWS Lambda function.
-    :param alias: The alias to restore, e.g. ``live``.
-    :param start_state: The alias's :func:`alias_state` at the start of the run (from
-        :func:`inspect_live_alias`).
-    :param left_by: Task ids, in run order, of the steps that moved the alias; the last one that
-        ran recorded the state this run left it in.
-    :param aws_conn_id: The AWS connection ID to use
-    :return: ``{"function_name", "alias", "version", "before", "after", "changed"}``.
-    """
-
-    aws_hook_class = LambdaHook
-    template_fields: Sequence[str] = aws_template_fields("function_name", "alias", "start_state")
-    ui_color = "#ff7300"
-
-    def __init__(
-        self, *, function_name: str, alias: str, start_state: dict, left_by: Sequence[str] = (), **kwargs
-    ):
-        super().__init__(**kwargs)
-        self.function_name = function_name
-        self.alias = alias
-        self.start_state = start_state
-        self.left_by = tuple(left_by)
-
-    def execute(self, context: Context) -> dict:
-        conn, start = self.hook.conn, self.start_state
-        version = start["version"] if start["exists"] else None
-        current = get_alias(conn, self.function_name, self.alias)
-        before = after = alias_state(current)
-        left = last_recorded_state(context["ti"], self.left_by)
-        if (before["exists"], before["version"], before["weights"]) == (start["exists"], version, {}) or (
-            not start["exists"] and not before["exists"]
-        ):
-            self.log.info("Alias %s is already as it was at the start of the run (%s).", self.alias, version)
-            return self._result(version, before, after)
-        if left is None:
-            self.log.info(
-                "This run never moved alias %s (%s); nothing to roll back.",
-                self.alias,
-                describe_state(before),
-            )
-            return self._result(version, before, after)
-        if not same_state(before, left):
-            raise AliasChangedElsewhere(
-                f"alias {self.alias} is at {describe_state(before)}, not at {describe_state(left)} where this run "
-                f"left it: it was changed elsewhere since, so it is not rolled back to "
-                f"{describe_state(start) if start['exists'] else 'absent'}; check it by hand"
-            )
-        if version is None:
-            self.log.warning("Alias %s did not exist at the start of the run: deleting it.", self.alias)
-            conn.delete_alias(FunctionName=self.function_name, Name=self.alias)
-            after = alias_state(None)
-        else:
-            self.log.warning("Rolling alias %s back: %s → %s.", self.alias, describe_state(before), version)
-            updated = conn.update_alias(
-                FunctionName=self.function_name,
-                Name=self.alias,
-                FunctionVersion=version,
-                RoutingConfig={"AdditionalVersionWeights": {}},
-                **_revision(current),
-            )
-            after = alias_state(updated)
-        return self._result(version, before, after)
-
-    def _result(self, version: str | None, before: dict, after: dict) -> dict:
-        return {
-            "function_name": self.function_name,
-            "alias": self.alias,
-            "version": version,
-            "before": before,
-            "after": after,
-            "changed": after is not before,
-        }

@@ -7,12 +7,13 @@ import tarfile
 
 import boto3
 import pytest
-from airflow.providers.common.compat.sdk import AirflowException
+from airflow.providers.common.compat.sdk import AirflowException, AirflowFailException
 from botocore.exceptions import ParamValidationError
 from botocore.validate import validate_parameters
 
-from mnist_pipeline import training
+from mnist_pipeline import train
 from model_code.metric_definitions import METRIC_DEFINITIONS
+from tests.fixtures import run as night
 from tests.fixtures.plugin_aws import ACCOUNT, REGION, ROLE_ARN
 
 RUN_ID = "scheduled__2025-01-01T02:00:00+00:00"
@@ -25,7 +26,7 @@ def create_training_job_shape():
 
 def job_config(**overrides):
     arguments = {
-        "job_name": training.training_job_name("mnist_retraining", RUN_ID),
+        "job_name": train.training_job_name("mnist_retraining", RUN_ID),
         "role_arn": ROLE_ARN,
         "region": REGION,
         "train_manifest_uri": "s3://mnist-pipeline-test/snapshots/run/train.manifest",
@@ -35,33 +36,33 @@ def job_config(**overrides):
         "hyperparameters": {"epochs": 3, "lr": 0.003, "batch-size": 128, "augment": False},
         "tags": {"dag_id": "mnist_retraining", "run_id": RUN_ID, "snapshot_sha256": "f" * 64},
     }
-    return training.build_training_job_config(**{**arguments, **overrides})
+    return train.build_training_job_config(**{**arguments, **overrides})
 
 
 # --- names -----------------------------------------------------------------------------------------
 
 
 def test_the_job_name_is_derived_from_the_run_and_is_a_valid_sagemaker_name():
-    name = training.training_job_name("mnist_retraining", RUN_ID)
-    assert name == training.training_job_name("mnist_retraining", RUN_ID)
+    name = train.training_job_name("mnist_retraining", RUN_ID)
+    assert name == train.training_job_name("mnist_retraining", RUN_ID)
     assert name.startswith("mnist-retraining-scheduled-2025-01-01T02-00-00-")
-    assert training.JOB_NAME_PATTERN.match(name) and len(name) <= 63
-    assert training.training_job_name("mnist_retraining", "scheduled__2025-01-02T02:00:00+00:00") != name
+    assert train.JOB_NAME_PATTERN.match(name) and len(name) <= 63
+    assert train.training_job_name("mnist_retraining", "scheduled__2025-01-02T02:00:00+00:00") != name
 
 
 def test_long_or_odd_run_ids_still_give_distinct_valid_names_for_every_attempt():
     long_a = "manual__" + "x" * 200 + "a"
     long_b = "manual__" + "x" * 200 + "b"
     names = {
-        training.training_job_name("mnist_retraining", run_id, attempt)
+        train.training_job_name("mnist_retraining", run_id, attempt)
         for run_id in (long_a, long_b, "manual__ü ñ!!", "a:b", "a+b")
         for attempt in (1, 2, 12)
     }
     assert len(names) == 15
     for name in names:
-        assert training.JOB_NAME_PATTERN.match(name) and len(name) <= 63, name
-    first = training.training_job_name("mnist_retraining", long_a)
-    assert training.training_job_name("mnist_retraining", long_a, 2) == first + "-a2"
+        assert train.JOB_NAME_PATTERN.match(name) and len(name) <= 63, name
+    first = train.training_job_name("mnist_retraining", long_a)
+    assert train.training_job_name("mnist_retraining", long_a, 2) == first + "-a2"
 
 
 # --- the request -------------------------------------------------------------------------------
@@ -177,8 +178,8 @@ def test_the_tarball_is_reproducible_and_holds_only_source_files(tmp_path):
         os.utime(path, (2_000_000_000, 2_000_000_000))
     (second_dir / "train.py").chmod(0o700)
 
-    first, first_sha = training.pack_source_dir(first_dir)
-    second, second_sha = training.pack_source_dir(second_dir)
+    first, first_sha = train.pack_source_dir(first_dir)
+    second, second_sha = train.pack_source_dir(second_dir)
 
     assert (first, first_sha) == (second, second_sha)
     with tarfile.open(fileobj=io.BytesIO(first), mode="r:gz") as archive:
@@ -188,9 +189,9 @@ def test_the_tarball_is_reproducible_and_holds_only_source_files(tmp_path):
 
 
 def test_changed_source_changes_the_sha(tmp_path):
-    _, before = training.pack_source_dir(make_source(tmp_path / "a"))
+    _, before = train.pack_source_dir(make_source(tmp_path / "a"))
     (tmp_path / "a" / "train.py").write_text("print('train v2')\n")
-    _, after = training.pack_source_dir(tmp_path / "a")
+    _, after = train.pack_source_dir(tmp_path / "a")
     assert before != after
 
 
@@ -198,21 +199,19 @@ def test_a_symlink_in_the_source_is_refused(tmp_path):
     source = make_source(tmp_path / "a")
     (source / "link.py").symlink_to(source / "train.py")
     with pytest.raises(ValueError, match="link.py is a link or not a regular file"):
-        training.pack_source_dir(source)
+        train.pack_source_dir(source)
 
 
 def test_model_code_is_uploaded_once_and_the_training_toolkit_unpacks_it(s3, pipeline_config, tmp_path):
     from sagemaker_training.files import download_and_extract
 
-    first = training.upload_source_dir(s3, pipeline_config)
-    again = training.upload_source_dir(s3, pipeline_config)
+    first = train.upload_source_dir(s3, pipeline_config)
+    again = train.upload_source_dir(s3, pipeline_config)
     assert first["uploaded"] is True and again["uploaded"] is False
     assert again["uri"] == first["uri"] == f"s3://mnist-pipeline-test/code/sourcedir-{first['sha256']}.tar.gz"
 
     download_and_extract(first["uri"], str(tmp_path / "code"))  # as the toolkit does in the job
-    assert (tmp_path / "code" / "train.py").read_bytes() == (
-        training.model_code_dir() / "train.py"
-    ).read_bytes()
+    assert (tmp_path / "code" / "train.py").read_bytes() == (train.model_code_dir() / "train.py").read_bytes()
     assert not list((tmp_path / "code").rglob("__pycache__"))
 
 
@@ -229,7 +228,7 @@ def job_inputs(s3, pipeline_config):
 
 
 def training_operator(**kwargs):
-    return training.ResumableSageMakerTrainingOperator(
+    return train.ResumableSageMakerTrainingOperator(
         task_id="train_model",
         config=job_config(),
         wait_for_completion=False,
@@ -251,7 +250,7 @@ def test_a_retried_task_resumes_the_same_job(job_inputs):
     first = training_operator().execute({})
     second = training_operator().execute({})
 
-    name = training.training_job_name("mnist_retraining", RUN_ID)
+    name = train.training_job_name("mnist_retraining", RUN_ID)
     assert first["Training"]["TrainingJobName"] == second["Training"]["TrainingJobName"] == name
     assert second["Training"]["TrainingJobStatus"] == "Completed"
     assert [job["TrainingJobName"] for job in job_inputs.list_training_jobs()["TrainingJobSummaries"]] == [
@@ -260,7 +259,7 @@ def test_a_retried_task_resumes_the_same_job(job_inputs):
 
 
 def test_a_failed_job_is_followed_by_a_new_attempt_never_beside_a_live_one(job_inputs):
-    name = training.training_job_name("mnist_retraining", RUN_ID)
+    name = train.training_job_name("mnist_retraining", RUN_ID)
     training_operator().execute({})
     set_job_status(name, "Failed", "AlgorithmError: out of memory")
 
@@ -274,7 +273,7 @@ def test_a_failed_job_is_followed_by_a_new_attempt_never_beside_a_live_one(job_i
 
 
 def test_after_the_last_failed_attempt_the_task_fails_with_every_reason(job_inputs):
-    name = training.training_job_name("mnist_retraining", RUN_ID)
+    name = train.training_job_name("mnist_retraining", RUN_ID)
     training_operator(max_job_attempts=2).execute({})
     set_job_status(name, "Failed", "AlgorithmError: bad data")
     training_operator(max_job_attempts=2).execute({})
@@ -287,3 +286,65 @@ def test_after_the_last_failed_attempt_the_task_fails_with_every_reason(job_inpu
         f"{name}-a2: Stopped (Stopped by user)"
     )
     assert len(job_inputs.list_training_jobs()["TrainingJobSummaries"]) == 2
+
+
+# --- the run's training job -------------------------------------------------------------------------
+
+
+def test_hyperparameters_use_the_training_script_names_and_skip_an_unset_sample_size():
+    assert train.hyperparameters(night.PARAMS) == {"epochs": 2, "lr": 0.002, "batch-size": 64}
+    assert train.hyperparameters({**night.PARAMS, "max_train_samples": 500})["max-train-samples"] == 500
+
+
+def test_training_job_request_is_named_after_the_run_and_tagged_with_it():
+    snapshot = {
+        "train_manifest_uri": "s3://mnist-pipeline-test/snapshots/r/train.manifest",
+        "sha256": "5" * 64,
+    }
+    source = {"uri": "s3://mnist-pipeline-test/code/sourcedir-1.tar.gz", "sha256": "1" * 64}
+    request = train.training_job_request(
+        night.CONFIG,
+        dag_id="mnist_retraining",
+        run_id=night.RUN_ID,
+        snapshot=snapshot,
+        source=source,
+        params=night.PARAMS,
+    )
+    again = train.training_job_request(
+        night.CONFIG,
+        dag_id="mnist_retraining",
+        run_id=night.RUN_ID,
+        snapshot=snapshot,
+        source=source,
+        params=night.PARAMS,
+    )
+    assert request["TrainingJobName"] == again["TrainingJobName"]
+    assert request["TrainingJobName"].startswith("mnist-retraining-scheduled-2026-01-01")
+    tags = {tag["Key"]: tag["Value"] for tag in request["Tags"]}
+    assert tags["snapshot_sha256"] == "5" * 64 and tags["dag_id"] == "mnist_retraining"
+    assert request["ResourceConfig"]["InstanceType"] == night.CONFIG.instance_type
+    assert request["HyperParameters"]["epochs"] == "2"
+    assert "EnableManagedSpotTraining" not in request
+
+
+def test_training_job_request_takes_instance_type_and_spot_from_the_run():
+    snapshot = {"train_manifest_uri": "s3://b/snapshots/r/train.manifest", "sha256": "5" * 64}
+    source = {"uri": "s3://b/code/sourcedir-1.tar.gz", "sha256": "1" * 64}
+    request = train.training_job_request(
+        night.CONFIG,
+        dag_id="mnist_retraining",
+        run_id=night.RUN_ID,
+        snapshot=snapshot,
+        source=source,
+        params={**night.PARAMS, "instance_type": "ml.g5.xlarge", "use_spot": True},
+    )
+    assert request["ResourceConfig"]["InstanceType"] == "ml.g5.xlarge"
+    assert request["EnableManagedSpotTraining"] is True
+    assert request["CheckpointConfig"]["S3Uri"] == night.CONFIG.checkpoint_uri(request["TrainingJobName"])
+
+
+def test_a_job_without_a_model_is_not_evaluated_and_the_error_says_why():
+    sm = night.FakeSageMaker({"TrainingJobStatus": "Failed", "FailureReason": "labels must be digits 0..9"})
+    with pytest.raises(train.RunFailed, match="job-1 is Failed.*labels must be digits"):
+        train.completed_job(sm, "job-1")
+    assert issubclass(train.RunFailed, AirflowFailException)  # retrying cannot help

@@ -1,5 +1,7 @@
-"""The SageMaker training job: its name, its CreateTrainingJob request, its source code, its operator.
+"""The train step: the SageMaker training job's name, its request, its source code, its operator.
 
+- :func:`training_job_request` is the run's CreateTrainingJob request, from the run's Params
+  (:func:`hyperparameters`), its snapshot and its uploaded source.
 - :func:`training_job_name` derives the job name from the DAG run, so a retried or cleared task
   finds the job it started instead of starting another.
 - :func:`build_training_job_config` is the whole CreateTrainingJob request, as a plain function.
@@ -31,6 +33,7 @@ from botocore.exceptions import ClientError
 
 from mnist_pipeline import s3io
 from mnist_pipeline.artifacts import source_package_dir
+from mnist_pipeline.audit import RunFailed
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
@@ -251,6 +254,67 @@ def _s3_channel(name: str, data_type: str, uri: str) -> dict:
         },
         "InputMode": "File",
     }
+
+
+# --- the run's job ------------------------------------------------------------------------------
+
+
+def hyperparameters(params: Mapping[str, Any]) -> dict:
+    """The training script's arguments from the run's Params (``model_code/train.py`` names)."""
+    values = {
+        "epochs": int(params["epochs"]),
+        "lr": float(params["learning_rate"]),
+        "batch-size": int(params["batch_size"]),
+    }
+    if params.get("max_train_samples"):
+        values["max-train-samples"] = int(params["max_train_samples"])
+    return values
+
+
+def training_job_request(
+    config: PipelineConfig,
+    *,
+    dag_id: str,
+    run_id: str,
+    snapshot: Mapping,
+    source: Mapping,
+    params: Mapping[str, Any],
+) -> dict:
+    """The run's CreateTrainingJob request: name derived from the run, so retries find the same job."""
+    job_name = training_job_name(dag_id, run_id)
+    return build_training_job_config(
+        job_name=job_name,
+        role_arn=config.sagemaker_role_arn,
+        region=config.region,
+        train_manifest_uri=snapshot["train_manifest_uri"],
+        holdout_uri=config.s3_uri(config.holdout_prefix),
+        output_uri=config.training_output_uri,
+        source_uri=source["uri"],
+        hyperparameters=hyperparameters(params),
+        instance_type=params.get("instance_type") or config.instance_type,
+        use_spot=bool(params.get("use_spot")),
+        checkpoint_uri=config.checkpoint_uri(job_name),
+        image_uri=config.training_image_uri,
+        tags={
+            "dag_id": dag_id,
+            "run_id": run_id,
+            "snapshot_sha256": snapshot["sha256"],
+            "code_sha256": source["sha256"],
+        },
+    )
+
+
+def completed_job(sm, job_name: str) -> dict:
+    """The training job's description; raise unless it Completed with a model artifact."""
+    description = sm.describe_training_job(TrainingJobName=job_name)
+    status = description["TrainingJobStatus"]
+    model_uri = (description.get("ModelArtifacts") or {}).get("S3ModelArtifacts")
+    if status != "Completed" or not model_uri:
+        raise RunFailed(
+            f"training job {job_name} is {status} without a model to evaluate: "
+            f"{description.get('FailureReason', 'no reason given')}"
+        )
+    return description
 
 
 # --- the source tarball -------------------------------------------------------------------------

@@ -27,7 +27,7 @@ from airflow.providers.amazon.aws.operators.sagemaker import SageMakerRegisterMo
 from airflow.providers.amazon.aws.utils.mixins import aws_template_fields
 from botocore.exceptions import ClientError
 
-from mnist_pipeline.training import tag_value
+from mnist_pipeline.train import tag_value
 
 if TYPE_CHECKING:
     from airflow.sdk import Context

@@ -14,8 +14,9 @@ import zipfile
 import boto3
 import pytest
 
-from mnist_pipeline import evaluation, lambda_deploy
+from mnist_pipeline import deploy, endpoint, evaluate, live_alias
 from mnist_pipeline.lambda_zip import code_sha256
+from mnist_pipeline.rollback import LambdaAliasRollbackOperator
 from tests.fixtures.plugin_aws import (
     HANDLER_FILE,
     REGION,
@@ -58,12 +59,12 @@ def upload_zip(s3, config, tmp_path, model: bytes, job: str) -> tuple[str, str]:
     s3.put_object(
         Bucket=config.bucket, Key=model_key, Body=model_tar_gz(write_model_dir(tmp_path / job, model, job))
     )
-    package = lambda_deploy.upload_lambda_package(s3, config, config.s3_uri(model_key))
+    package = deploy.upload_lambda_package(s3, config, config.s3_uri(model_key))
     return package["s3_key"], package["code_sha256"]
 
 
 def publish_operator(config, key, sha, description=""):
-    return lambda_deploy.LambdaPublishVersionOperator(
+    return deploy.LambdaPublishVersionOperator(
         task_id="publish_lambda_version",
         function_name=FUNCTION,
         s3_bucket=config.bucket,
@@ -86,7 +87,7 @@ def operator(cls, **kwargs):
 
 
 def alias_now(client):
-    return lambda_deploy.alias_state(client.get_alias(FunctionName=FUNCTION, Name=ALIAS))
+    return live_alias.alias_state(client.get_alias(FunctionName=FUNCTION, Name=ALIAS))
 
 
 # --- packaging and publishing --------------------------------------------------------------------------------------
@@ -99,8 +100,8 @@ def test_a_model_is_packaged_with_the_handler_and_uploaded_once(
     model_dir = write_model_dir(tmp_path / "job-1", centroid_models["good"], "job-1")
     s3.put_object(Bucket=pipeline_config.bucket, Key=model_key, Body=model_tar_gz(model_dir))
 
-    first = lambda_deploy.upload_lambda_package(s3, pipeline_config, pipeline_config.s3_uri(model_key))
-    again = lambda_deploy.upload_lambda_package(s3, pipeline_config, pipeline_config.s3_uri(model_key))
+    first = deploy.upload_lambda_package(s3, pipeline_config, pipeline_config.s3_uri(model_key))
+    again = deploy.upload_lambda_package(s3, pipeline_config, pipeline_config.s3_uri(model_key))
 
     assert (first["uploaded"], again["uploaded"]) == (True, False)
     assert again["s3_key"] == first["s3_key"] and again["code_sha256"] == first["code_sha256"]
@@ -122,14 +123,14 @@ def test_the_package_is_built_only_from_the_model_the_evaluation_scored(
     evaluated = hashlib.sha256(centroid_models["good"]).hexdigest()
     uri = pipeline_config.s3_uri(model_key)
 
-    built = lambda_deploy.upload_lambda_package(s3, pipeline_config, uri, expected_model_sha256=evaluated)
+    built = deploy.upload_lambda_package(s3, pipeline_config, uri, expected_model_sha256=evaluated)
     assert built["model_sha256"] == evaluated
 
     # The artifact is replaced after the evaluation: the deployment refuses it.
     swapped = write_model_dir(tmp_path / "swapped", centroid_models["weak"], "job-1")
     s3.put_object(Bucket=pipeline_config.bucket, Key=model_key, Body=model_tar_gz(swapped))
-    with pytest.raises(lambda_deploy.DeploymentCheckFailed, match=f"but the evaluation scored {evaluated}"):
-        lambda_deploy.upload_lambda_package(s3, pipeline_config, uri, expected_model_sha256=evaluated)
+    with pytest.raises(endpoint.DeploymentCheckFailed, match=f"but the evaluation scored {evaluated}"):
+        deploy.upload_lambda_package(s3, pipeline_config, uri, expected_model_sha256=evaluated)
 
 
 def test_publishing_waits_for_the_version_to_be_active(
@@ -147,7 +148,7 @@ def test_new_code_is_deployed_and_published_as_a_new_version(
 ):
     key, sha = upload_zip(s3, pipeline_config, tmp_path, centroid_models["good"], "job-1")
     _, result = publish(
-        pipeline_config, key, sha, description=lambda_deploy.version_description("r1", "job-1", 0.99123)
+        pipeline_config, key, sha, description=deploy.version_description("r1", "job-1", 0.99123)
     )
 
     assert result["version"] == "2"
@@ -222,7 +223,7 @@ def publish_versions(function, count):
 
 def test_a_canary_keeps_the_old_version_primary_and_routes_its_weight_to_the_new_one(function):
     publish_versions(function, 1)
-    shift = operator(lambda_deploy.LambdaAliasShiftOperator, alias=ALIAS, version="2", weight=0.1)
+    shift = operator(deploy.LambdaAliasShiftOperator, alias=ALIAS, version="2", weight=0.1)
     updates = record_calls(shift.hook.conn, "UpdateAlias")
     revision = function.get_alias(FunctionName=FUNCTION, Name=ALIAS)["RevisionId"]
     result = shift.execute({})
@@ -235,16 +236,16 @@ def test_a_canary_keeps_the_old_version_primary_and_routes_its_weight_to_the_new
 
 def test_full_promotion_clears_routing_and_a_retry_moves_nothing(function):
     publish_versions(function, 1)
-    operator(lambda_deploy.LambdaAliasShiftOperator, alias=ALIAS, version="2", weight=0.1).execute({})
-    promote = operator(lambda_deploy.LambdaAliasShiftOperator, alias=ALIAS, version="2")
+    operator(deploy.LambdaAliasShiftOperator, alias=ALIAS, version="2", weight=0.1).execute({})
+    promote = operator(deploy.LambdaAliasShiftOperator, alias=ALIAS, version="2")
     result = promote.execute({})
     assert (result["after"]["version"], result["after"]["weights"]) == ("2", {})
 
-    retry = operator(lambda_deploy.LambdaAliasShiftOperator, alias=ALIAS, version="2")
+    retry = operator(deploy.LambdaAliasShiftOperator, alias=ALIAS, version="2")
     updates = record_calls(retry.hook.conn, "UpdateAlias")
     assert retry.execute({})["changed"] is False
     # A canary task cleared after the promotion must not move the alias back either.
-    canary_again = operator(lambda_deploy.LambdaAliasShiftOperator, alias=ALIAS, version="2", weight=0.1)
+    canary_again = operator(deploy.LambdaAliasShiftOperator, alias=ALIAS, version="2", weight=0.1)
     record = record_calls(canary_again.hook.conn, "UpdateAlias")
     assert canary_again.execute({})["changed"] is False
     assert updates == record == []
@@ -253,18 +254,16 @@ def test_full_promotion_clears_routing_and_a_retry_moves_nothing(function):
 
 def test_a_missing_alias_is_created_on_the_version(function):
     function.delete_alias(FunctionName=FUNCTION, Name=ALIAS)
-    result = operator(lambda_deploy.LambdaAliasShiftOperator, alias=ALIAS, version="1", weight=0.1).execute(
-        {}
-    )
+    result = operator(deploy.LambdaAliasShiftOperator, alias=ALIAS, version="1", weight=0.1).execute({})
     assert result["before"]["exists"] is False
     assert alias_now(function)["version"] == "1"
 
 
 def test_the_alias_must_point_at_a_version_number_with_a_sensible_weight(function):
     with pytest.raises(ValueError, match=r"published version number, not '\$LATEST'"):
-        operator(lambda_deploy.LambdaAliasShiftOperator, alias=ALIAS, version="$LATEST").execute({})
+        operator(deploy.LambdaAliasShiftOperator, alias=ALIAS, version="$LATEST").execute({})
     with pytest.raises(ValueError, match=r"weight must be in \(0, 1\], got 1.5"):
-        operator(lambda_deploy.LambdaAliasShiftOperator, alias=ALIAS, version="1", weight=1.5).execute({})
+        operator(deploy.LambdaAliasShiftOperator, alias=ALIAS, version="1", weight=1.5).execute({})
 
 
 class RunXComs:
@@ -282,12 +281,12 @@ def start_of_run(function) -> dict:
     try:
         return {"alias": alias_now(function)}
     except function.exceptions.ResourceNotFoundException:
-        return {"alias": lambda_deploy.alias_state(None)}
+        return {"alias": live_alias.alias_state(None)}
 
 
 def shift(version, weight=1.0, **results):
     step = operator(
-        lambda_deploy.LambdaAliasShiftOperator,
+        deploy.LambdaAliasShiftOperator,
         alias=ALIAS,
         version=version,
         weight=weight,
@@ -298,7 +297,7 @@ def shift(version, weight=1.0, **results):
 
 def rollback(start, **results):
     step = operator(
-        lambda_deploy.LambdaAliasRollbackOperator,
+        LambdaAliasRollbackOperator,
         alias=ALIAS,
         start_state=start["alias"],
         left_by=["deploy.shift_canary", "deploy.promote_alias"],
@@ -336,7 +335,7 @@ def test_a_hotfix_made_after_the_run_moved_the_alias_is_never_rolled_back(functi
     promoted = shift("2", check_live_alias=start)
     function.update_alias(FunctionName=FUNCTION, Name=ALIAS, FunctionVersion="3")  # the hotfix
 
-    with pytest.raises(lambda_deploy.AliasChangedElsewhere) as error:
+    with pytest.raises(live_alias.AliasChangedElsewhere) as error:
         rollback(start, **{"deploy.promote_alias": promoted})
 
     assert alias_now(function)["version"] == "3"  # untouched
@@ -352,7 +351,7 @@ def test_clearing_an_old_runs_rollback_after_a_newer_deployment_reverts_nothing(
     new_start = start_of_run(function)
     shift("3", check_live_alias=new_start)  # a newer run deployed 3
 
-    with pytest.raises(lambda_deploy.AliasChangedElsewhere):
+    with pytest.raises(live_alias.AliasChangedElsewhere):
         rollback(old_start, **{"deploy.promote_alias": old_promoted})  # someone clears the old run's task
     assert (alias_now(function)["version"], alias_now(function)["weights"]) == ("3", {})
 
@@ -371,7 +370,7 @@ def test_the_canary_shift_refuses_an_alias_changed_since_the_run_started(functio
     function.update_alias(FunctionName=FUNCTION, Name=ALIAS, FunctionVersion="3")  # a hotfix mid-run
 
     with pytest.raises(
-        lambda_deploy.AliasChangedElsewhere, match="not at version 1 .* where this run last saw it"
+        live_alias.AliasChangedElsewhere, match="not at version 1 .* where this run last saw it"
     ):
         shift("2", 0.1, check_live_alias=start)
     assert (alias_now(function)["version"], alias_now(function)["weights"]) == ("3", {})
@@ -390,7 +389,7 @@ def test_promotion_moves_on_from_the_canary_state_this_run_left(function):
     function.update_alias(
         FunctionName=FUNCTION, Name=ALIAS, RoutingConfig={"AdditionalVersionWeights": {"3": 0.5}}
     )
-    with pytest.raises(lambda_deploy.AliasChangedElsewhere):
+    with pytest.raises(live_alias.AliasChangedElsewhere):
         shift("3", **{"check_live_alias": start, "deploy.shift_canary": canary})
 
 
@@ -413,7 +412,7 @@ def handlers(tmp_path, centroid_models):
 
 def smoke_test(version, holdout_uri, handlers, min_accuracy, **kwargs):
     smoke = operator(
-        lambda_deploy.LambdaSmokeTestOperator,
+        deploy.MnistEndpointSmokeTestOperator,
         version=version,
         examples_uri=holdout_uri,
         min_accuracy=min_accuracy,
@@ -437,7 +436,7 @@ def test_by_default_every_digit_is_sent_and_the_evaluated_accuracy_is_reproduced
     result, calls = smoke_test(
         "2", holdout_uri, handlers, min_accuracy=0.75, num_examples=None, batch_size=200
     )
-    evaluated = evaluation.evaluate_onnx(
+    evaluated = evaluate.evaluate_onnx(
         write_model_dir(tmp_path / "evaluated", centroid_models["good"]),
         mnist.test_images[:1000],
         mnist.test_labels[:1000],
@@ -449,7 +448,7 @@ def test_by_default_every_digit_is_sent_and_the_evaluated_accuracy_is_reproduced
 
 
 def test_a_version_below_the_accuracy_bar_fails_with_what_it_got_wrong(function, holdout_uri, handlers):
-    with pytest.raises(lambda_deploy.DeploymentCheckFailed) as error:
+    with pytest.raises(endpoint.DeploymentCheckFailed) as error:
         smoke_test("3", holdout_uri, handlers, min_accuracy=0.75)
     message = str(error.value)
     assert message.startswith("mnist-classifier:3 classified ")
@@ -464,9 +463,7 @@ def test_a_version_that_accepts_malformed_input_fails(function, holdout_uri, han
             return {"statusCode": 200, "headers": {}, "body": json.dumps({"prediction": 0})}
         return lenient(event, context)
 
-    with pytest.raises(
-        lambda_deploy.DeploymentCheckFailed, match="to a malformed request .* it must answer 4xx"
-    ):
+    with pytest.raises(endpoint.DeploymentCheckFailed, match="to a malformed request .* it must answer 4xx"):
         smoke_test("2", holdout_uri, {"2": answers_200_to_everything}, min_accuracy=0.75)
 
 
@@ -477,7 +474,7 @@ def test_the_smoke_test_checks_the_version_serves_the_evaluated_model(
     result, _ = smoke_test("2", holdout_uri, handlers, min_accuracy=0.5, expected_model_sha256=good)
     assert result["model_sha256"] == good
     # Version 3 classifies well enough for a low bar, but it is not the model that was evaluated.
-    with pytest.raises(lambda_deploy.DeploymentCheckFailed, match=f"not the evaluated {good}"):
+    with pytest.raises(endpoint.DeploymentCheckFailed, match=f"not the evaluated {good}"):
         smoke_test("3", holdout_uri, handlers, min_accuracy=0.1, expected_model_sha256=good)
 
 
@@ -499,7 +496,7 @@ def route_to_canary(function, weight: float) -> None:
 
 def canary_check(holdout_uri, version="3", **kwargs):
     return operator(
-        lambda_deploy.LambdaCanaryCheckOperator,
+        deploy.MnistCanaryCheckOperator,
         alias=ALIAS,
         version=version,
         examples_uri=holdout_uri,
@@ -535,13 +532,13 @@ def test_a_canary_the_new_version_never_answered_fails(function, holdout_uri, ha
     canary = canary_check(holdout_uri, invocations=10, max_invocations=10)
     serve_lambda_versions(canary.hook.conn, FUNCTION, handlers, seed=1)
     with pytest.raises(
-        lambda_deploy.DeploymentCheckFailed, match="only 0 of 10 calls .* were executed by version 3"
+        endpoint.DeploymentCheckFailed, match="only 0 of 10 calls .* were executed by version 3"
     ):
         canary.execute({})
     # And an alias that sends the version nothing at all is not a canary.
     function.update_alias(FunctionName=FUNCTION, Name=ALIAS, RoutingConfig={"AdditionalVersionWeights": {}})
     unrouted = canary_check(holdout_uri)
-    with pytest.raises(lambda_deploy.DeploymentCheckFailed, match="sends no traffic to version 3"):
+    with pytest.raises(endpoint.DeploymentCheckFailed, match="sends no traffic to version 3"):
         unrouted.execute({})
 
 
@@ -552,7 +549,7 @@ def test_the_canary_check_fails_when_any_call_fails(function, holdout_uri, handl
     canary = canary_check(holdout_uri, version="1", invocations=5)
     serve_lambda_versions(canary.hook.conn, FUNCTION, {"1": crashes})
     with pytest.raises(
-        lambda_deploy.DeploymentCheckFailed,
+        endpoint.DeploymentCheckFailed,
         match="mnist-classifier:live raised an error .*model file missing",
     ):
         canary.execute({})
@@ -560,9 +557,9 @@ def test_the_canary_check_fails_when_any_call_fails(function, holdout_uri, handl
 
 def test_an_answer_that_is_not_an_api_gateway_response_is_named():
     with pytest.raises(
-        lambda_deploy.DeploymentCheckFailed, match="fn:2 answered b'\"ok\"', not an API Gateway-style"
+        endpoint.DeploymentCheckFailed, match="fn:2 answered b'\"ok\"', not an API Gateway-style"
     ):
-        lambda_deploy.parse_handler_response(b'"ok"', "fn:2")
+        endpoint.parse_handler_response(b'"ok"', "fn:2")
 
 
 class FormattingLog:
@@ -587,7 +584,7 @@ def test_the_canary_check_takes_its_rendered_template_values(function, holdout_u
 
 def test_the_smoke_test_takes_its_rendered_template_values(function, holdout_uri, handlers):
     smoke = operator(
-        lambda_deploy.LambdaSmokeTestOperator,
+        deploy.MnistEndpointSmokeTestOperator,
         version="2",
         examples_uri=holdout_uri,
         num_examples="50",
@@ -596,3 +593,12 @@ def test_the_smoke_test_takes_its_rendered_template_values(function, holdout_uri
     smoke._cached_logger = FormattingLog()
     serve_lambda_versions(smoke.hook.conn, FUNCTION, handlers)
     assert smoke.execute({})["examples"] == 50
+
+
+# --- the rollout ------------------------------------------------------------------------------------
+
+
+def test_rollout_starts_with_the_canary_only_when_it_gets_traffic():
+    route = {"canary_task": "deploy.shift_canary", "promote_task": "deploy.promote_alias"}
+    assert deploy.rollout_start(0.1, **route) == "deploy.shift_canary"
+    assert deploy.rollout_start(0, **route) == "deploy.promote_alias"

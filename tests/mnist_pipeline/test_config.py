@@ -2,7 +2,14 @@
 
 import pytest
 
-from mnist_pipeline.config import ConfigError, PipelineConfig, load_config, run_key
+from mnist_pipeline.config import (
+    ConfigError,
+    PipelineConfig,
+    dag_schedule,
+    load_config,
+    run_key,
+    training_poke_interval,
+)
 
 REQUIRED_ENV = {
     "MNIST_BUCKET": "mnist-pipeline-123456789012",
@@ -92,3 +99,21 @@ def test_the_s3_layout_uses_the_configured_prefixes():
     assert config.audit_key("manual__x") == "records/audit/manual__x.json"
     assert config.snapshot_prefix("manual__x") == "snapshots/manual__x/"
     assert config.s3_uri(config.consumed_index_key) == "s3://b-1/snapshots/consumed.json"
+
+
+# --- parse-time settings ----------------------------------------------------------------------------
+
+
+def test_schedule_comes_from_the_environment_at_parse_time():
+    assert dag_schedule({}) == "0 2 * * *"
+    assert dag_schedule({"MNIST_SCHEDULE": "30 3 * * *"}) == "30 3 * * *"
+    assert dag_schedule({"AIRFLOW_VAR_MNIST_SCHEDULE": "@daily", "MNIST_SCHEDULE": "30 3 * * *"}) == "@daily"
+    with pytest.raises(ConfigError, match="mnist_schedule.*'every night'"):
+        dag_schedule({"MNIST_SCHEDULE": "every night"})
+
+
+def test_training_poke_interval_is_whole_seconds():
+    assert training_poke_interval({}) == 60
+    assert training_poke_interval({"MNIST_TRAINING_POKE_INTERVAL": "5"}) == 5
+    with pytest.raises(ConfigError, match="MNIST_TRAINING_POKE_INTERVAL.*'0'"):
+        training_poke_interval({"MNIST_TRAINING_POKE_INTERVAL": "0"})

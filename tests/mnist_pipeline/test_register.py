@@ -3,7 +3,7 @@
 import boto3
 import pytest
 
-from mnist_pipeline import registry
+from mnist_pipeline import register as registry
 from tests.fixtures.plugin_aws import REGION
 
 GROUP = "mnist-classifier"

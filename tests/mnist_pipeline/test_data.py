@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from mnist_pipeline import lake
+from mnist_pipeline import data
 from mnist_pipeline.shards import ShardError
 from tests.fixtures.plugin_aws import put_shard, random_digits
 
@@ -52,33 +52,33 @@ def keys_under(s3, bucket, prefix):
 
 def test_new_batches_are_listed_oldest_first_and_other_objects_ignored(s3, pipeline_config, lake_in_s3):
     s3.put_object(Bucket=pipeline_config.bucket, Key="data/incoming/README.txt", Body=b"drop batches here")
-    found = lake.find_new_batches(s3, pipeline_config)
+    found = data.find_new_batches(s3, pipeline_config)
     assert found["new"] == [f"data/incoming/batch-{n:04d}.npz" for n in (1, 2, 3)]
     assert found["ignored"] == ["data/incoming/README.txt"]
 
 
 def test_a_batch_consumed_by_a_successful_run_is_not_found_again(s3, pipeline_config, lake_in_s3):
-    checked = lake.check_batches(s3, pipeline_config, RUN_1, ["data/incoming/batch-0001.npz"], accept_all)
-    lake.write_snapshot(s3, pipeline_config, RUN_1, checked["accepted"])
+    checked = data.check_batches(s3, pipeline_config, RUN_1, ["data/incoming/batch-0001.npz"], accept_all)
+    data.write_snapshot(s3, pipeline_config, RUN_1, checked["accepted"])
     assert (
-        "data/incoming/batch-0001.npz" in lake.find_new_batches(s3, pipeline_config)["new"]
+        "data/incoming/batch-0001.npz" in data.find_new_batches(s3, pipeline_config)["new"]
     )  # not yet successful
 
-    assert lake.mark_consumed(s3, pipeline_config, RUN_1) == ["data/incoming/batch-0001.npz"]
-    found = lake.find_new_batches(s3, pipeline_config)
+    assert data.mark_consumed(s3, pipeline_config, RUN_1) == ["data/incoming/batch-0001.npz"]
+    found = data.find_new_batches(s3, pipeline_config)
     assert found["new"] == ["data/incoming/batch-0002.npz", "data/incoming/batch-0003.npz"]
     assert found["consumed"] == ["data/incoming/batch-0001.npz"]
-    assert lake.mark_consumed(s3, pipeline_config, RUN_1) == []  # idempotent
+    assert data.mark_consumed(s3, pipeline_config, RUN_1) == []  # idempotent
 
 
 def test_a_successful_run_cleared_and_run_again_finds_its_own_batches_again(s3, pipeline_config, lake_in_s3):
-    checked = lake.check_batches(s3, pipeline_config, RUN_1, ["data/incoming/batch-0001.npz"], accept_all)
-    lake.write_snapshot(s3, pipeline_config, RUN_1, checked["accepted"])
-    lake.mark_consumed(s3, pipeline_config, RUN_1)
+    checked = data.check_batches(s3, pipeline_config, RUN_1, ["data/incoming/batch-0001.npz"], accept_all)
+    data.write_snapshot(s3, pipeline_config, RUN_1, checked["accepted"])
+    data.mark_consumed(s3, pipeline_config, RUN_1)
 
-    again = lake.find_new_batches(s3, pipeline_config, RUN_1)  # the same run, cleared
+    again = data.find_new_batches(s3, pipeline_config, RUN_1)  # the same run, cleared
     assert again["new"][0] == "data/incoming/batch-0001.npz"
-    assert "data/incoming/batch-0001.npz" not in lake.find_new_batches(s3, pipeline_config, RUN_2)["new"]
+    assert "data/incoming/batch-0001.npz" not in data.find_new_batches(s3, pipeline_config, RUN_2)["new"]
 
 
 def test_a_failing_batch_is_moved_to_quarantine_with_its_report(s3, pipeline_config, lake_in_s3):
@@ -87,9 +87,9 @@ def test_a_failing_batch_is_moved_to_quarantine_with_its_report(s3, pipeline_con
     labels[:] = 7
     put_shard(s3, bucket, "data/incoming/batch-0004.npz", images, labels)
     s3.put_object(Bucket=bucket, Key="data/incoming/batch-0005.npz", Body=b"not a shard")
-    keys = lake.find_new_batches(s3, pipeline_config)["new"]
+    keys = data.find_new_batches(s3, pipeline_config)["new"]
 
-    checked = lake.check_batches(s3, pipeline_config, RUN_1, keys, reject_label_seven_heavy)
+    checked = data.check_batches(s3, pipeline_config, RUN_1, keys, reject_label_seven_heavy)
 
     assert [batch["key"] for batch in checked["accepted"]] == keys[:3]
     assert [batch["sha256"] for batch in checked["accepted"]] == [lake_in_s3[key] for key in keys[:3]]
@@ -112,17 +112,17 @@ def test_a_failing_batch_is_moved_to_quarantine_with_its_report(s3, pipeline_con
     assert report["run_id"] == RUN_1 and report["report"]["success"] is False
     assert s3.get_object(Bucket=bucket, Key=unreadable["quarantine_key"])["Body"].read() == b"not a shard"
     assert "data/incoming/batch-0004.npz" not in keys_under(s3, bucket, "data/incoming/")
-    assert lake.find_new_batches(s3, pipeline_config)["new"] == keys[:3]
+    assert data.find_new_batches(s3, pipeline_config)["new"] == keys[:3]
 
 
 def test_checking_again_for_the_same_run_gives_the_same_answer(s3, pipeline_config, lake_in_s3):
     images, labels = random_digits(5, 20)
     labels[:] = 7
     put_shard(s3, pipeline_config.bucket, "data/incoming/batch-0004.npz", images, labels)
-    keys = lake.find_new_batches(s3, pipeline_config)["new"]
-    first = lake.check_batches(s3, pipeline_config, RUN_1, keys, reject_label_seven_heavy)
+    keys = data.find_new_batches(s3, pipeline_config)["new"]
+    first = data.check_batches(s3, pipeline_config, RUN_1, keys, reject_label_seven_heavy)
     # A retry gets the keys from the first try's discovery, including the one now in quarantine.
-    again = lake.check_batches(s3, pipeline_config, RUN_1, keys, reject_label_seven_heavy)
+    again = data.check_batches(s3, pipeline_config, RUN_1, keys, reject_label_seven_heavy)
     assert again == first
 
 
@@ -131,11 +131,11 @@ def test_a_quarantine_interrupted_after_the_copy_finishes_without_losing_the_bat
 ):
     bucket, key = pipeline_config.bucket, "data/incoming/batch-0002.npz"
     original = s3.get_object(Bucket=bucket, Key=key)["Body"].read()
-    batch = lake.fetch_batch(s3, bucket, key)
-    destination, _ = lake.quarantine_paths(pipeline_config, RUN_1, key, batch.sha256)
+    batch = data.fetch_batch(s3, bucket, key)
+    destination, _ = data.quarantine_paths(pipeline_config, RUN_1, key, batch.sha256)
     s3.copy_object(Bucket=bucket, Key=destination, CopySource={"Bucket": bucket, "Key": key})  # crash here
 
-    result = lake.quarantine_batch(s3, pipeline_config, RUN_1, batch, {"success": False, "error": "bad"})
+    result = data.quarantine_batch(s3, pipeline_config, RUN_1, batch, {"success": False, "error": "bad"})
 
     assert result["reasons"] == ["bad"]
     assert s3.get_object(Bucket=bucket, Key=destination)["Body"].read() == original
@@ -144,16 +144,16 @@ def test_a_quarantine_interrupted_after_the_copy_finishes_without_losing_the_bat
 
 def test_bytes_uploaded_under_the_key_during_a_quarantine_stay_in_incoming(s3, pipeline_config, lake_in_s3):
     bucket, key = pipeline_config.bucket, "data/incoming/batch-0003.npz"
-    batch = lake.fetch_batch(s3, bucket, key)
+    batch = data.fetch_batch(s3, bucket, key)
     newer = put_shard(s3, bucket, key, *random_digits(77, 20))  # the producer re-uploads meanwhile
 
-    with pytest.raises(lake.LakeError, match="changed while it was being validated|holds sha256"):
-        lake.quarantine_batch(s3, pipeline_config, RUN_1, batch, {"success": False, "error": "bad"})
+    with pytest.raises(data.LakeError, match="changed while it was being validated|holds sha256"):
+        data.quarantine_batch(s3, pipeline_config, RUN_1, batch, {"success": False, "error": "bad"})
 
     # The new upload is in incoming, untouched, for the next run to validate; nothing is quarantined
     # under the old bytes' name.
     assert hashlib.sha256(s3.get_object(Bucket=bucket, Key=key)["Body"].read()).hexdigest() == newer
-    destination, _ = lake.quarantine_paths(pipeline_config, RUN_1, key, batch.sha256)
+    destination, _ = data.quarantine_paths(pipeline_config, RUN_1, key, batch.sha256)
     assert destination not in keys_under(s3, bucket, pipeline_config.quarantine_prefix)
 
 
@@ -161,7 +161,7 @@ def test_the_incoming_batch_is_deleted_only_if_it_still_holds_the_quarantined_by
     s3, pipeline_config, lake_in_s3, monkeypatch
 ):
     bucket, key = pipeline_config.bucket, "data/incoming/batch-0001.npz"
-    batch = lake.fetch_batch(s3, bucket, key)
+    batch = data.fetch_batch(s3, bucket, key)
     original_copy = s3.copy_object
     newer = {}
 
@@ -171,7 +171,7 @@ def test_the_incoming_batch_is_deleted_only_if_it_still_holds_the_quarantined_by
         return answer
 
     monkeypatch.setattr(s3, "copy_object", copy_then_reupload)
-    result = lake.quarantine_batch(s3, pipeline_config, RUN_1, batch, {"success": False, "error": "bad"})
+    result = data.quarantine_batch(s3, pipeline_config, RUN_1, batch, {"success": False, "error": "bad"})
 
     assert s3.get_object(Bucket=bucket, Key=result["quarantine_key"])["Body"].read() == batch.data
     assert hashlib.sha256(s3.get_object(Bucket=bucket, Key=key)["Body"].read()).hexdigest() == newer["sha"]
@@ -189,11 +189,11 @@ def test_poison_batches_are_quarantined_byte_identical_and_a_good_one_accepted(
         "data/incoming/batch-0013.npz": deflate_bomb_batch(),
         "data/incoming/batch-0014.npz": NOT_A_SHARD,
     }
-    for key, data in poison.items():
-        s3.put_object(Bucket=bucket, Key=key, Body=data)
+    for key, body in poison.items():
+        s3.put_object(Bucket=bucket, Key=key, Body=body)
     keys = ["data/incoming/batch-0001.npz", *poison]
 
-    checked = lake.check_batches(s3, pipeline_config, RUN_1, keys, accept_all)
+    checked = data.check_batches(s3, pipeline_config, RUN_1, keys, accept_all)
 
     assert [batch["key"] for batch in checked["accepted"]] == ["data/incoming/batch-0001.npz"]
     assert [batch["key"] for batch in checked["quarantined"]] == list(poison)
@@ -208,31 +208,31 @@ def test_poison_batches_are_quarantined_byte_identical_and_a_good_one_accepted(
 def test_an_object_over_the_shard_size_limit_is_quarantined_without_being_held_in_memory(
     s3, pipeline_config, lake_in_s3, monkeypatch
 ):
-    monkeypatch.setattr(lake, "MAX_SHARD_BYTES", 1000)
+    monkeypatch.setattr(data, "MAX_SHARD_BYTES", 1000)
     bucket, key = pipeline_config.bucket, "data/incoming/batch-0015.npz"
-    data = bytes(range(256)) * 20  # 5120 bytes
-    s3.put_object(Bucket=bucket, Key=key, Body=data)
+    body = bytes(range(256)) * 20  # 5120 bytes
+    s3.put_object(Bucket=bucket, Key=key, Body=body)
 
-    checked = lake.check_batches(s3, pipeline_config, RUN_1, [key], accept_all)
+    checked = data.check_batches(s3, pipeline_config, RUN_1, [key], accept_all)
 
     (moved,) = checked["quarantined"]
     assert "5120 bytes, more than the 1000 a shard may be" in moved["reasons"][0]
-    assert moved["sha256"] == hashlib.sha256(data).hexdigest()
-    assert s3.get_object(Bucket=bucket, Key=moved["quarantine_key"])["Body"].read() == data
+    assert moved["sha256"] == hashlib.sha256(body).hexdigest()
+    assert s3.get_object(Bucket=bucket, Key=moved["quarantine_key"])["Body"].read() == body
 
 
 def test_the_snapshot_lists_base_consumed_and_accepted_shards_with_their_sha256(
     s3, pipeline_config, lake_in_s3
 ):
     bucket = pipeline_config.bucket
-    first = lake.check_batches(s3, pipeline_config, RUN_1, ["data/incoming/batch-0001.npz"], accept_all)
-    lake.write_snapshot(s3, pipeline_config, RUN_1, first["accepted"])
-    lake.mark_consumed(s3, pipeline_config, RUN_1)
+    first = data.check_batches(s3, pipeline_config, RUN_1, ["data/incoming/batch-0001.npz"], accept_all)
+    data.write_snapshot(s3, pipeline_config, RUN_1, first["accepted"])
+    data.mark_consumed(s3, pipeline_config, RUN_1)
 
-    second = lake.check_batches(s3, pipeline_config, RUN_2, ["data/incoming/batch-0002.npz"], accept_all)
-    summary = lake.write_snapshot(s3, pipeline_config, RUN_2, second["accepted"])
+    second = data.check_batches(s3, pipeline_config, RUN_2, ["data/incoming/batch-0002.npz"], accept_all)
+    summary = data.write_snapshot(s3, pipeline_config, RUN_2, second["accepted"])
 
-    manifest = lake.read_snapshot(s3, pipeline_config, RUN_2)
+    manifest = data.read_snapshot(s3, pipeline_config, RUN_2)
     expected_keys = [
         "data/base/base-00000.npz",
         "data/base/base-00001.npz",
@@ -245,7 +245,7 @@ def test_the_snapshot_lists_base_consumed_and_accepted_shards_with_their_sha256(
     }
     assert manifest["rows"] == summary["rows"] == 50 + 50 + 20 + 20
     assert manifest["new_batches"] == ["data/incoming/batch-0002.npz"]
-    assert summary["sha256"] == manifest["sha256"] == lake.snapshot_sha256(manifest["shards"])
+    assert summary["sha256"] == manifest["sha256"] == data.snapshot_sha256(manifest["shards"])
 
     _, train_manifest_key = summary["train_manifest_uri"].removeprefix("s3://").split("/", 1)
     train_manifest = json.loads(s3.get_object(Bucket=bucket, Key=train_manifest_key)["Body"].read())
@@ -253,22 +253,31 @@ def test_the_snapshot_lists_base_consumed_and_accepted_shards_with_their_sha256(
 
 
 def test_a_snapshot_is_immutable_but_rewriting_the_same_one_is_harmless(s3, pipeline_config, lake_in_s3):
-    checked = lake.check_batches(s3, pipeline_config, RUN_1, ["data/incoming/batch-0001.npz"], accept_all)
-    first = lake.write_snapshot(s3, pipeline_config, RUN_1, checked["accepted"])
-    assert lake.write_snapshot(s3, pipeline_config, RUN_1, checked["accepted"]) == first
+    checked = data.check_batches(s3, pipeline_config, RUN_1, ["data/incoming/batch-0001.npz"], accept_all)
+    first = data.write_snapshot(s3, pipeline_config, RUN_1, checked["accepted"])
+    assert data.write_snapshot(s3, pipeline_config, RUN_1, checked["accepted"]) == first
 
-    more = lake.check_batches(s3, pipeline_config, RUN_1, ["data/incoming/batch-0002.npz"], accept_all)
-    with pytest.raises(lake.LakeError, match="already has snapshot .* snapshots are immutable"):
-        lake.write_snapshot(s3, pipeline_config, RUN_1, checked["accepted"] + more["accepted"])
+    more = data.check_batches(s3, pipeline_config, RUN_1, ["data/incoming/batch-0002.npz"], accept_all)
+    with pytest.raises(data.LakeError, match="already has snapshot .* snapshots are immutable"):
+        data.write_snapshot(s3, pipeline_config, RUN_1, checked["accepted"] + more["accepted"])
 
 
 def test_a_batch_that_changed_after_validation_is_not_snapshotted(s3, pipeline_config, lake_in_s3):
-    checked = lake.check_batches(s3, pipeline_config, RUN_1, ["data/incoming/batch-0001.npz"], accept_all)
+    checked = data.check_batches(s3, pipeline_config, RUN_1, ["data/incoming/batch-0001.npz"], accept_all)
     put_shard(s3, pipeline_config.bucket, "data/incoming/batch-0001.npz", *random_digits(77, 20))
     with pytest.raises(ShardError, match="batch-0001.npz: sha256 is .*, expected"):
-        lake.write_snapshot(s3, pipeline_config, RUN_1, checked["accepted"])
+        data.write_snapshot(s3, pipeline_config, RUN_1, checked["accepted"])
 
 
 def test_a_snapshot_needs_base_shards(s3, pipeline_config):
-    with pytest.raises(lake.LakeError, match="no base shards under s3://mnist-pipeline-test/data/base/"):
-        lake.write_snapshot(s3, pipeline_config, RUN_1, [])
+    with pytest.raises(data.LakeError, match="no base shards under s3://mnist-pipeline-test/data/base/"):
+        data.write_snapshot(s3, pipeline_config, RUN_1, [])
+
+
+# --- is there work (the short-circuit) --------------------------------------------------------------
+
+
+def test_work_means_an_accepted_batch_or_a_forced_retrain():
+    assert data.has_work({"accepted": [{"key": "b1"}]}, force_retrain=False) is True
+    assert data.has_work({"accepted": []}, force_retrain=True) is True
+    assert data.has_work({"accepted": [], "quarantined": [{"key": "b2"}]}, force_retrain=False) is False

@@ -14,7 +14,7 @@ import pytest
 
 from mnist_pipeline.lambda_zip import HANDLER, build_lambda_zip, code_sha256, write_lambda_zip
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 HANDLER_FILE = REPO / "lambda_package" / "handler.py"
 
 

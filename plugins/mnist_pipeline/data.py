@@ -1,9 +1,11 @@
-"""The data lake in S3: find new incoming batches, quarantine bad ones, snapshot what a run trains on.
+"""The data step: find new incoming batches, validate them, quarantine bad ones, snapshot what a run
+trains on, and (once the run deployed) mark them consumed.
 
 The life of a nightly batch ``data/incoming/batch-NNNN.npz``:
 
 1. :func:`find_new_batches` lists it while no successful run has consumed it.
-2. :func:`check_batches` validates it: accepted, or moved by :func:`quarantine_batch` to
+2. :func:`validate_batches` validates it (Great Expectations, :mod:`data_checks`, through
+   :func:`check_batches`): accepted, or moved by :func:`quarantine_batch` to
    ``data/quarantine/<run>/<batch>.<sha256>.npz`` with its validation report beside it. The move
    never loses bytes: the copy is made from, and checked against, exactly the bytes that were
    validated (their ETag), and the incoming object is deleted only if it still is those bytes
@@ -14,7 +16,7 @@ The life of a nightly batch ``data/incoming/batch-NNNN.npz``:
    batch earlier successful runs consumed, and this run's accepted batches, each with its sha256.
    Beside it, a SageMaker ``ManifestFile`` lists the same keys, so the training job reads exactly
    those objects without copying them.
-4. When the run succeeds, :func:`mark_consumed` adds the snapshot's batches to
+4. When the run deployed, :func:`mark_consumed` (the DAG's ``mark_batches_consumed`` task) adds the snapshot's batches to
    ``snapshots/consumed.json``. A run that fails or is rejected consumes nothing, so its batches
    are found again by the next run.
 
@@ -32,7 +34,7 @@ import json
 import logging
 import posixpath
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
 import numpy as np
@@ -313,6 +315,34 @@ def failure_reasons(report: dict) -> list[str]:
     if report.get("skipped"):
         reasons.append(f"{len(report['skipped'])} content checks skipped (structure is wrong)")
     return reasons or ["failed validation"]
+
+
+def validate_batches(s3, config: PipelineConfig, run_id: str, keys: list[str]) -> dict:
+    """Validate incoming batches with ``data_checks`` against the lake's reference statistics;
+    quarantine the failures (:func:`check_batches`)."""
+    if not keys:
+        return {"accepted": [], "quarantined": []}
+    from data_checks.reference import Reference  # Great Expectations: heavy, task time only
+    from data_checks.validation import validate_batch
+
+    reference = Reference.from_json(s3io.get_bytes(s3, config.bucket, config.reference_key))
+
+    def check(images, labels, name: str) -> dict:
+        return validate_batch(images, labels, reference, batch_name=name).to_dict()
+
+    return check_batches(s3, config, run_id, keys, check)
+
+
+def has_work(checked: Mapping, force_retrain: bool) -> bool:
+    """Train when a batch was accepted, or when asked to anyway."""
+    accepted = len(checked.get("accepted", []))
+    if accepted:
+        log.info("%d new batch(es) accepted: training.", accepted)
+    elif force_retrain:
+        log.info("No new data, but force_retrain is set: training.")
+    else:
+        log.info("Nothing to do: no new accepted batches and force_retrain is off.")
+    return bool(accepted) or bool(force_retrain)
 
 
 # --- snapshots -----------------------------------------------------------------------------

@@ -13,7 +13,7 @@ from airflow.sdk.bases.skipmixin import SkipMixin
 from airflow.sdk.exceptions import ParamValidationError
 from airflow.task.trigger_rule import TriggerRule
 
-from mnist_pipeline.pipeline import TASK_IDS
+from mnist_pipeline.names import TASK_IDS
 from tests.fixtures.airflow import DAGS_FOLDER, REPO
 
 DAG_ID = "mnist_retraining"

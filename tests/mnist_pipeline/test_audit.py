@@ -6,8 +6,10 @@ from types import SimpleNamespace
 
 import pytest
 
-from mnist_pipeline import audit, lake
+from mnist_pipeline import audit, data
+from mnist_pipeline.names import VERDICT_KEY
 from tests.fixtures.plugin_aws import put_shard, random_digits
+from tests.fixtures.run import DAG_RUN, IDS, PARAMS, FakeSageMaker, FakeTaskInstance, evaluation
 
 UTC = dt.UTC
 RUN_ID = "manual__2025-01-03T10:00:00+00:00"
@@ -199,34 +201,39 @@ def snapshotted_run(s3, pipeline_config):
     """A run whose snapshot took batch-0002: what the audit step finds at the end of a run."""
     put_shard(s3, pipeline_config.bucket, "data/base/base-00000.npz", *random_digits(0, 30))
     put_shard(s3, pipeline_config.bucket, "data/incoming/batch-0002.npz", *random_digits(2, 20))
-    checked = lake.check_batches(
+    checked = data.check_batches(
         s3, pipeline_config, RUN_ID, ["data/incoming/batch-0002.npz"], lambda *_: {"success": True}
     )
-    lake.write_snapshot(s3, pipeline_config, RUN_ID, checked["accepted"])
+    data.write_snapshot(s3, pipeline_config, RUN_ID, checked["accepted"])
 
 
-def test_a_deployed_run_is_recorded_and_consumes_its_batches(s3, pipeline_config, snapshotted_run):
-    result = audit.record_run(s3, pipeline_config, full_record("deployed"))
+def test_a_deployed_run_consumes_its_batches_and_its_record_says_which(s3, pipeline_config, snapshotted_run):
+    consumed = data.mark_consumed(s3, pipeline_config, RUN_ID)  # the mark_batches_consumed task
+    result = audit.record_run(s3, pipeline_config, full_record("deployed"), consumed)
 
     assert result["consumed_batches"] == ["data/incoming/batch-0002.npz"]
     assert result["audit_uri"] == pipeline_config.s3_uri(pipeline_config.audit_key(RUN_ID))
     stored = audit.read_audit(s3, pipeline_config, RUN_ID)
     assert stored["run"]["run_id"] == RUN_ID  # the raw id, though the key is made safe
     assert stored["result"]["consumed_batches"] == ["data/incoming/batch-0002.npz"]
-    assert lake.find_new_batches(s3, pipeline_config)["new"] == []
+    assert data.find_new_batches(s3, pipeline_config)["new"] == []
 
 
 def test_a_rejected_run_is_recorded_and_consumes_nothing(s3, pipeline_config, snapshotted_run):
-    result = audit.record_run(s3, pipeline_config, full_record("rejected"))
+    result = audit.record_run(s3, pipeline_config, full_record("rejected"))  # mark_batches_consumed skipped
     assert result["consumed_batches"] == []
-    assert lake.find_new_batches(s3, pipeline_config)["new"] == ["data/incoming/batch-0002.npz"]
+    assert data.find_new_batches(s3, pipeline_config)["new"] == ["data/incoming/batch-0002.npz"]
 
 
 def test_the_record_is_written_even_when_marking_batches_fails(s3, pipeline_config):
     with pytest.raises(FileNotFoundError, match="manifest.json does not exist"):
-        audit.record_run(s3, pipeline_config, full_record("deployed"))  # this run has no snapshot
+        data.mark_consumed(s3, pipeline_config, RUN_ID)  # this run has no snapshot: the task fails
+    record = full_record("failed")
+    record["result"]["failed_tasks"] = [IDS["consumed"]]
+    audit.record_run(s3, pipeline_config, record)
     stored = audit.read_audit(s3, pipeline_config, RUN_ID)
-    assert "marking the run's batches consumed failed" in stored["result"]["error"]
+    assert stored["result"]["failed_tasks"] == [IDS["consumed"]]
+    assert stored["result"]["consumed_batches"] == []
 
 
 def test_audits_are_listed_newest_first_with_a_summary(s3, pipeline_config):
@@ -247,3 +254,102 @@ def test_audits_are_listed_newest_first_with_a_summary(s3, pipeline_config):
     assert summaries[0]["lambda_version"] == "4" and summaries[0]["accuracy"] == 0.9921
     assert summaries[0]["trigger"] == {"type": "manual", "by": "alice"}
     assert len(audit.list_audits(s3, pipeline_config, limit=1)) == 1
+
+
+# --- the run's record, from its tasks -----------------------------------------------------------
+
+
+def test_audit_of_a_night_without_new_data():
+    ti = FakeTaskInstance(
+        xcoms={
+            (IDS["discovery"], "return_value"): {"new": [], "consumed": ["b1"], "ignored": []},
+            (IDS["validation"], "return_value"): {"accepted": [], "quarantined": []},
+        },
+        states={IDS["discovery"]: "success", IDS["snapshot"]: "skipped", IDS["training"]: "skipped"},
+    )
+    record = audit.audit_record(ti, DAG_RUN, PARAMS, FakeSageMaker())
+    assert record["result"]["outcome"] == "nothing_to_do"
+    assert record["training"] is None and record["decision"] is None
+    assert record["run"]["trigger"] == {"type": "scheduled", "by": "scheduler"}
+
+
+def test_audit_of_a_rejected_model_records_the_gate_and_the_package():
+    job = {
+        "TrainingJobStatus": "Completed",
+        "FinalMetricDataList": [{"MetricName": "test:accuracy", "Value": 0.95}],
+    }
+    ti = FakeTaskInstance(
+        xcoms={
+            (IDS["validation"], "return_value"): {
+                "accepted": [{"key": "b2", "sha256": "x", "rows": 10}],
+                "quarantined": [],
+            },
+            (IDS["training"], "return_value"): {"Training": {"TrainingJobName": "job-2"}},
+            (IDS["evaluation"], "return_value"): evaluation(approved=False, accuracy=0.95),
+            (IDS["registration"], "return_value"): "arn:pkg/5",
+            (IDS["gate"], VERDICT_KEY): {
+                "deploy": False,
+                "reasons": ["accuracy 0.9500 < min_accuracy"],
+            },
+        },
+        states={IDS["gate"]: "success", "gate.reject_model": "success", IDS["publish"]: "skipped"},
+    )
+    record = audit.audit_record(ti, DAG_RUN, PARAMS, FakeSageMaker(job, package_status="Rejected"))
+    assert record["result"] == {"outcome": "rejected", "failed_tasks": [], "error": None}
+    assert record["decision"]["model_package"] == {"arn": "arn:pkg/5", "status": "Rejected"}
+    assert record["training"]["metrics"] == {"test:accuracy": 0.95}
+    assert record["deployment"] is None
+
+
+def test_audit_of_a_failed_training_job_carries_its_failure_reason():
+    job = {
+        "TrainingJobStatus": "Failed",
+        "FailureReason": "AlgorithmError: holdout-corrupt.npz is not a shard",
+    }
+    ti = FakeTaskInstance(
+        xcoms={
+            (IDS["validation"], "return_value"): {
+                "accepted": [{"key": "b3", "sha256": "x", "rows": 10}],
+                "quarantined": [],
+            },
+            (IDS["training"], "return_value"): {"Training": {"TrainingJobName": "job-3"}},
+        },
+        states={
+            IDS["training"]: "success",
+            "train.wait_for_training": "failed",
+            IDS["evaluation"]: "upstream_failed",
+        },
+    )
+    record = audit.audit_record(ti, DAG_RUN, PARAMS, FakeSageMaker(job))
+    assert record["result"]["outcome"] == "failed"
+    assert record["result"]["failed_tasks"] == ["train.wait_for_training"]
+    assert "job-3 Failed: AlgorithmError: holdout-corrupt.npz" in record["result"]["error"]
+
+
+def test_audit_of_a_rolled_back_deployment():
+    ti = FakeTaskInstance(
+        xcoms={
+            (IDS["validation"], "return_value"): {
+                "accepted": [{"key": "b4", "sha256": "x", "rows": 10}],
+                "quarantined": [],
+            },
+            (IDS["evaluation"], "return_value"): evaluation(approved=True),
+            (IDS["gate"], VERDICT_KEY): {"deploy": True, "reasons": []},
+            (IDS["publish"], "return_value"): {"version": "5", "code_sha256": "c", "created": True},
+            (IDS["rollback"], "return_value"): {"alias": "live", "version": "4", "after": {"version": "4"}},
+        },
+        states={IDS["smoke_test"]: "failed", IDS["rollback"]: "success"},
+    )
+    record = audit.audit_record(ti, DAG_RUN, PARAMS, FakeSageMaker())
+    assert record["result"]["outcome"] == "rolled_back"
+    assert "alias live restored to version 4" in record["result"]["error"]
+    assert record["deployment"]["lambda_version"] == "5"
+    assert record["deployment"]["alias_after"] == {"version": "4"}
+
+
+def test_conclusion_fails_the_run_only_for_failures():
+    assert audit.conclude({"outcome": "rejected", "audit_uri": "s3://b/audit/r.json"}) == "rejected"
+    with pytest.raises(audit.RunFailed, match="rolled_back: failed tasks: deploy.smoke_test"):
+        audit.conclude(
+            {"outcome": "rolled_back", "audit_uri": "s3://b/a", "error": "failed tasks: deploy.smoke_test"}
+        )

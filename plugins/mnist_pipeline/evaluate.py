@@ -1,11 +1,10 @@
-"""Evaluate the exact ONNX artifact a training job produced, against the live champion, and gate it.
+"""The evaluate step: score the exact ONNX artifact a training job produced, and the live champion.
 
 - :func:`evaluate_onnx` scores ``model.onnx`` with onnxruntime on the holdout: accuracy,
   per-class accuracy, confusion matrix, and latency per image (single-image runs on one thread,
   as the Lambda handler runs).
-- :func:`gate_decision`: the metric gate, with the numbers in its reasons; a live alias that is
-  not safe to move (see :func:`mnist_pipeline.lambda_deploy.inspect_live_alias`) fails it.
-- :func:`evaluate_run` does all of it for one run (models fetched and unpacked safely by
+- :func:`evaluate_run` does it for one run, and records the metric gate's decision
+  (:func:`mnist_pipeline.gate.gate_decision`) (models fetched and unpacked safely by
   :func:`mnist_pipeline.artifacts.download_model`; the champion is what the run's start found
   behind the alias) and writes ``evaluation.json`` and ``report.md`` to ``evaluations/<run>/``.
 
@@ -23,16 +22,16 @@ from pathlib import Path
 
 import numpy as np
 
-from mnist_pipeline import lake, s3io
+from mnist_pipeline import s3io
 from mnist_pipeline.artifacts import download_model
 from mnist_pipeline.config import PipelineConfig
+from mnist_pipeline.data import read_shards
+from mnist_pipeline.gate import gate_decision
 
 log = logging.getLogger(__name__)
 
 CLASSES = 10
 PIXELS = 28 * 28
-# Equal accuracies must not fail the gate because 0.993 - 0.002 is 0.9909999999999999.
-_TOLERANCE = 1e-9
 
 
 # --- scoring ------------------------------------------------------------------------------------
@@ -125,48 +124,6 @@ def evaluate_onnx(
     return metrics
 
 
-# --- champion and gate ----------------------------------------------------------------------------
-
-
-def gate_decision(
-    accuracy: float,
-    *,
-    min_accuracy: float,
-    max_regression: float,
-    champion_accuracy: float | None = None,
-    champion_note: str | None = None,
-    blocked_by: list[str] | tuple[str, ...] = (),
-) -> dict:
-    """Approve when accuracy >= min_accuracy and, with a champion, >= champion - max_regression,
-    and nothing (``blocked_by``: why the live alias must not be moved) blocks a deployment.
-
-    :return: ``{"approved", "reasons", "accuracy", "min_accuracy", "max_regression",
-        "champion_accuracy"}``; every reason states the numbers compared.
-    """
-    reasons = []
-    passes_floor = accuracy + _TOLERANCE >= min_accuracy
-    reasons.append(f"accuracy {accuracy:.4f} {'>=' if passes_floor else '<'} min_accuracy {min_accuracy:.4f}")
-    passes_champion = True
-    if champion_accuracy is None:
-        reasons.append(champion_note or "no champion to compare with (first deployment)")
-    else:
-        bar = champion_accuracy - max_regression
-        passes_champion = accuracy + _TOLERANCE >= bar
-        reasons.append(
-            f"accuracy {accuracy:.4f} {'>=' if passes_champion else '<'} champion {champion_accuracy:.4f} "
-            f"- max_regression {max_regression:.4f} = {bar:.4f}"
-        )
-    reasons += [f"deployment blocked: {problem}" for problem in blocked_by]
-    return {
-        "approved": passes_floor and passes_champion and not blocked_by,
-        "reasons": reasons,
-        "accuracy": accuracy,
-        "min_accuracy": min_accuracy,
-        "max_regression": max_regression,
-        "champion_accuracy": champion_accuracy,
-    }
-
-
 # --- the run's evaluation -------------------------------------------------------------------------
 
 
@@ -183,14 +140,14 @@ def evaluate_run(
 ) -> dict:
     """Evaluate the run's model and the champion on the holdout, decide, and write the reports.
 
-    :param live: what :func:`mnist_pipeline.lambda_deploy.inspect_live_alias` found behind the alias
+    :param live: what :func:`mnist_pipeline.endpoint.inspect_live_alias` found behind the alias
         at the start of the run: the champion, and the problems that block a deployment.
     :return: the evaluation document (also at ``evaluation_uri``) with ``evaluation_uri``,
         ``report_uri`` and ``examples_uri`` (a holdout shard, for the Lambda smoke test) added,
         and, flat for the DAG's wiring, ``accuracy`` and ``model_sha256`` (the candidate's) and
         ``champion_version`` (the Approved version behind the alias, None without one).
     """
-    images, labels, holdout_shards = lake.read_shards(s3, config.bucket, config.holdout_prefix)
+    images, labels, holdout_shards = read_shards(s3, config.bucket, config.holdout_prefix)
     live = live or {}
     alias = live.get("alias") or {}
     champion = None
