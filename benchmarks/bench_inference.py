@@ -145,7 +145,7 @@ def train_quick_model(work_dir: Path) -> Path:
     """A model directory (model.onnx, model_card.json) from a quick real-MNIST training job."""
     from devtools.mnist import load_mnist
     from localcloud.sagemaker.runner import collect_result, prepare_job_dir, start_training
-    from mnist_pipeline.shards import write_shard
+    from model_code.shards import write_shard
 
     mnist = load_mnist()
     write_shard(work_dir / "train/train.npz", mnist.train_images, mnist.train_labels)

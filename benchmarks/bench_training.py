@@ -68,8 +68,8 @@ def run() -> list[Figure]:
 def train_once(mnist, seed: int) -> dict:
     """One job with the default hyperparameters (seed 0 is the default; other runs change only the seed)."""
     from localcloud.sagemaker.runner import collect_result, prepare_job_dir, start_training
-    from mnist_pipeline.shards import write_shard
     from model_code.metric_definitions import METRIC_DEFINITIONS
+    from model_code.shards import write_shard
 
     with tempfile.TemporaryDirectory(prefix="bench-training-") as tmp:
         tmp = Path(tmp)

@@ -40,7 +40,7 @@ from mnist_pipeline import s3io
 from mnist_pipeline.artifacts import source_package_dir
 from mnist_pipeline.config import PipelineConfig
 from mnist_pipeline.lambda_zip import HANDLER, deterministic_zip
-from mnist_pipeline.shards import SHARD_SUFFIX, read_shard
+from model_code.shards import SHARD_SUFFIX, read_shard
 
 log = logging.getLogger(__name__)
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from devtools.mnist import SOURCE_PACKAGE, SOURCE_SHA256, Mnist, progress
-from mnist_pipeline.shards import SHARD_SUFFIX, write_shard
+from model_code.shards import SHARD_SUFFIX, write_shard
 
 
 @dataclass(frozen=True)

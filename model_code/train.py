@@ -10,20 +10,18 @@ as arguments and the job's layout in SM_* variables:
 - SM_OUTPUT_DIR: receives ``failure`` with the reason when the job fails (SageMaker's FailureReason).
 - SM_NUM_GPUS: a GPU is used when there is one.
 
-A shard is an ``.npz`` holding ``images`` uint8 [N, 28, 28] and ``labels`` uint8 [N].
-Only this directory is shipped to SageMaker, so nothing outside it is imported.
+A shard is an ``.npz`` holding ``images`` uint8 [N, 28, 28] and ``labels`` uint8 [N], read and
+checked by ``shards.py`` (the lake's own reader). Only this directory is shipped to SageMaker, so nothing outside it is imported.
 """
 
 import argparse
 import hashlib
-import io
 import json
 import math
 import os
 import platform
 import sys
 import time
-import zipfile
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from importlib import metadata
@@ -35,6 +33,7 @@ import torch
 import torch.nn.functional as F
 from metric_definitions import format_epoch_line
 from net import IMAGE_SIDE, NUM_CLASSES, PIXELS, MnistNet, ServingGraph
+from shards import ShardError, load_shard_bytes, sha256_file
 
 PARITY_TOLERANCE = 1e-4
 EVAL_BATCH = 1000
@@ -133,27 +132,11 @@ def required_dir(variable: str, what: str) -> Path:
 
 
 def parse_shard(data: bytes, where: str) -> tuple[np.ndarray, np.ndarray]:
+    """The shard's arrays, checked as the lake checks them (:mod:`shards`); a bad one fails the job."""
     try:
-        with np.load(io.BytesIO(data), allow_pickle=False) as npz:
-            missing = {"images", "labels"} - set(npz.files)
-            if missing:
-                raise TrainingError(f"{where}: missing array(s) {sorted(missing)}; found {sorted(npz.files)}")
-            images, labels = npz["images"], npz["labels"]
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as error:
-        raise TrainingError(f"{where}: not a readable .npz shard ({error})") from error
-    if images.dtype != np.uint8 or labels.dtype != np.uint8:
-        raise TrainingError(
-            f"{where}: images and labels must be uint8, got {images.dtype} and {labels.dtype}"
-        )
-    if images.ndim != 3 or images.shape[1:] != (IMAGE_SIDE, IMAGE_SIDE):
-        raise TrainingError(f"{where}: images must have shape [N, 28, 28], got {list(images.shape)}")
-    if labels.shape != (len(images),):
-        raise TrainingError(
-            f"{where}: labels must have shape [{len(images)}] to match the images, got {list(labels.shape)}"
-        )
-    if labels.size and labels.max() >= NUM_CLASSES:
-        raise TrainingError(f"{where}: labels must be digits 0..9, found {int(labels.max())}")
-    return images, labels
+        return load_shard_bytes(data, where=where)
+    except ShardError as error:
+        raise TrainingError(str(error)) from error
 
 
 def read_channel(name: str) -> Channel:
@@ -291,10 +274,6 @@ def library_versions() -> dict:
         except metadata.PackageNotFoundError:
             versions[package] = None
     return versions
-
-
-def sha256_file(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def confusion_matrix(labels: np.ndarray, predicted: np.ndarray) -> list[list[int]]:

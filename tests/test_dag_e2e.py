@@ -26,7 +26,7 @@ from devtools.lake import LakePlan, seed_lake
 from devtools.mnist import Mnist
 from mnist_pipeline.audit import read_audit
 from mnist_pipeline.config import PipelineConfig
-from mnist_pipeline.shards import shard_bytes
+from model_code.shards import shard_bytes
 from tests.fixtures.localcloud import LocalCloudHandle
 
 ACCOUNT = "000000000000"

@@ -10,7 +10,7 @@ The life of a nightly batch ``data/incoming/batch-NNNN.npz``:
    never loses bytes: the copy is made from, and checked against, exactly the bytes that were
    validated (their ETag), and the incoming object is deleted only if it still is those bytes
    (a conditional delete); a batch re-uploaded meanwhile stays in incoming for the next run. A
-   file that is not a shard, or is too big or hostile to read (see :mod:`mnist_pipeline.shards`),
+   file that is not a shard, or is too big or hostile to read (see :mod:`model_code.shards`),
    is quarantined the same way, never crashed on.
 3. :func:`write_snapshot` writes the run's immutable training snapshot: every base shard, every
    batch earlier successful runs consumed, and this run's accepted batches, each with its sha256.
@@ -42,7 +42,7 @@ from botocore.exceptions import ClientError
 
 from mnist_pipeline import s3io
 from mnist_pipeline.config import PipelineConfig
-from mnist_pipeline.shards import MAX_SHARD_BYTES, SHARD_SUFFIX, ShardError, load_shard_bytes, sha256_bytes
+from model_code.shards import MAX_SHARD_BYTES, SHARD_SUFFIX, ShardError, load_shard_bytes, sha256_bytes
 
 log = logging.getLogger(__name__)
 
@@ -99,7 +99,7 @@ def find_new_batches(s3, config: PipelineConfig, run_id: str | None = None) -> d
 def read_shard_object(s3, bucket: str, key: str, expected_sha256: str | None = None):
     """Download and parse one shard; returns (images, labels, sha256). Raises ShardError if bad.
 
-    At most :data:`~mnist_pipeline.shards.MAX_SHARD_BYTES` are read, whatever the object's size.
+    At most :data:`~model_code.shards.MAX_SHARD_BYTES` are read, whatever the object's size.
     """
     where = f"s3://{bucket}/{key}"
     try:

@@ -17,7 +17,7 @@ from airflow.providers.amazon.aws.hooks.s3 import S3Hook
 from airflow.providers.common.compat.sdk import AirflowFailException
 
 from mnist_pipeline import s3io
-from mnist_pipeline.shards import load_shard_bytes
+from model_code.shards import load_shard_bytes
 
 # Wrong length: the handler must answer 4xx, never run the model on it or fail with a 5xx.
 MALFORMED_REQUEST = {"input": [0] * 10}

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from devtools.lake import LakePlan, seed_lake
-from mnist_pipeline.shards import ShardError, read_shard, sha256_file, write_shard
+from model_code.shards import ShardError, read_shard, sha256_file, write_shard
 
 
 def test_seed_lake_lays_out_base_holdout_and_nightly_batches(mnist, tmp_path):

@@ -28,9 +28,9 @@ from botocore.exceptions import ClientError, WaiterError
 
 from localcloud.processes import live_members
 from localcloud.sagemaker.runner import INTERRUPTED
-from mnist_pipeline.shards import shard_bytes
 from mnist_pipeline.train import pack_source_dir
 from model_code.metric_definitions import METRIC_DEFINITIONS
+from model_code.shards import shard_bytes
 from tests.fixtures.localcloud import LocalCloudHandle
 from tests.fixtures.model import MODEL_CODE
 

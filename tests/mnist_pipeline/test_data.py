@@ -6,7 +6,7 @@ import json
 import pytest
 
 from mnist_pipeline import data
-from mnist_pipeline.shards import ShardError
+from model_code.shards import ShardError
 from tests.fixtures.plugin_aws import put_shard, random_digits
 
 RUN_1 = "scheduled__2025-01-01T02:00:00+00:00"

@@ -6,7 +6,7 @@ import time
 import numpy as np
 import pytest
 
-from mnist_pipeline.shards import MAX_SHARD_BYTES, MAX_SHARD_ROWS, ShardError, load_shard_bytes, shard_bytes
+from model_code.shards import MAX_SHARD_BYTES, MAX_SHARD_ROWS, ShardError, load_shard_bytes, shard_bytes
 from tests.fixtures.poison import (
     NOT_A_SHARD,
     deflate_bomb_batch,

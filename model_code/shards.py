@@ -1,5 +1,10 @@
 """The data-lake shard format: one ``.npz`` per shard, exact, compact and readable without pickle.
 
+It lives once, here in the training job's source directory, because the job can import nothing
+outside it: ``train.py`` imports it as a sibling (``import shards``), and everything else (the
+pipeline's plugins, the lake seeder, the tests) as ``model_code.shards``. numpy and the standard
+library only.
+
 A shard holds ``images`` (uint8, [N, 28, 28]) and ``labels`` (uint8, [N]); nothing else. Its
 identity is the sha256 of the file's bytes, recorded in manifests beside it, so a training snapshot
 names exactly the bytes it trained on. Writes are deterministic: the same arrays give the same
@@ -30,6 +35,7 @@ SHARD_SUFFIX = ".npz"
 MAX_SHARD_ROWS = 100_000
 MAX_SHARD_BYTES = 64 * 1024 * 1024
 _MEMBERS = {"images.npy": "images", "labels.npy": "labels"}
+_RANKS = {"images.npy": 3, "labels.npy": 1}
 _MAX_HEADER_BYTES = 4096
 # Fixed zip timestamp: np.savez would stamp "now" into every member and break byte-for-byte
 # reproducibility (and with it sha256-based idempotency).
@@ -117,8 +123,19 @@ def load_shard_bytes(data: bytes, *, where: str = "shard", expected_sha256: str 
             missing = sorted(name for member, name in _MEMBERS.items() if member not in members)
             if missing:
                 raise ShardError(f"{where}: missing array(s) {missing}; found {sorted(members)}")
-            images = _read_member(archive, members["images.npy"], where, rank=3)
-            labels = _read_member(archive, members["labels.npy"], where, rank=1)
+            headers = {
+                member: _read_header(archive, members[member], where, rank) for member, rank in _RANKS.items()
+            }
+            dtypes = [dtype for _, _, dtype in headers.values()]
+            if any(dtype.hasobject for dtype in dtypes):
+                raise ShardError(
+                    f"{where}: not a readable .npz shard (it holds Python objects, which need pickle)"
+                )
+            if any(dtype != np.uint8 for dtype in dtypes):
+                raise ShardError(f"{where}: images and labels must be uint8, got {dtypes[0]} and {dtypes[1]}")
+            images, labels = (
+                _read_data(archive, members[member], where, *headers[member][:2]) for member in _RANKS
+            )
     except (zipfile.BadZipFile, zlib.error, EOFError, OSError, ValueError, NotImplementedError) as exc:
         if isinstance(exc, ShardError):
             raise
@@ -127,33 +144,46 @@ def load_shard_bytes(data: bytes, *, where: str = "shard", expected_sha256: str 
     return images, labels
 
 
-def _read_member(archive: zipfile.ZipFile, info: zipfile.ZipInfo, where: str, rank: int) -> np.ndarray:
-    """One ``.npy`` member: its header checked against the limits before any data is unpacked."""
+def _read_header(archive: zipfile.ZipFile, info: zipfile.ZipInfo, where: str, rank: int):
+    """One ``.npy`` member's (shape, fortran_order, dtype), checked against the limits before any
+    data is unpacked."""
     name = info.filename
     if info.file_size > MAX_SHARD_ROWS * 28 * 28 + _MAX_HEADER_BYTES:
         raise ShardError(
             f"{where}: {name} unpacks to {info.file_size} bytes; a shard holds at most {MAX_SHARD_ROWS} images"
         )
     with archive.open(info) as member:
-        version = np.lib.format.read_magic(member)
-        if version == (1, 0):
-            shape, fortran_order, dtype = np.lib.format.read_array_header_1_0(member)
-        elif version == (2, 0):
-            shape, fortran_order, dtype = np.lib.format.read_array_header_2_0(member)
-        else:
-            raise ShardError(f"{where}: {name} has .npy format version {version}, expected 1.0 or 2.0")
-        if dtype != np.uint8:
-            raise ShardError(f"{where}: images and labels must be uint8, {name} holds {dtype}")
-        if len(shape) != rank:
-            expected = "[N, 28, 28]" if rank == 3 else "[N]"
-            raise ShardError(f"{where}: {name} must have shape {expected}, got {list(shape)}")
-        if shape[0] > MAX_SHARD_ROWS:
-            raise ShardError(
-                f"{where}: {name} declares {shape[0]} images; a shard holds at most {MAX_SHARD_ROWS} images"
-            )
-        declared = int(np.prod(shape, dtype=np.int64))
-        if declared > MAX_SHARD_ROWS * 28 * 28:
-            raise ShardError(f"{where}: {name} declares shape {list(shape)}, more than a shard may hold")
+        shape, fortran_order, dtype = _header(member, where, name)
+    if dtype.hasobject or dtype != np.uint8:
+        return shape, fortran_order, dtype  # refused by the caller, naming both arrays' types
+    if len(shape) != rank:
+        expected = "[N, 28, 28]" if rank == 3 else "[N]"
+        raise ShardError(f"{where}: {name} must have shape {expected}, got {list(shape)}")
+    if shape[0] > MAX_SHARD_ROWS:
+        raise ShardError(
+            f"{where}: {name} declares {shape[0]} images; a shard holds at most {MAX_SHARD_ROWS} images"
+        )
+    if int(np.prod(shape, dtype=np.int64)) > MAX_SHARD_ROWS * 28 * 28:
+        raise ShardError(f"{where}: {name} declares shape {list(shape)}, more than a shard may hold")
+    return shape, fortran_order, dtype
+
+
+def _header(member, where: str, name: str):
+    version = np.lib.format.read_magic(member)
+    if version == (1, 0):
+        return np.lib.format.read_array_header_1_0(member)
+    if version == (2, 0):
+        return np.lib.format.read_array_header_2_0(member)
+    raise ShardError(f"{where}: {name} has .npy format version {version}, expected 1.0 or 2.0")
+
+
+def _read_data(
+    archive: zipfile.ZipFile, info: zipfile.ZipInfo, where: str, shape: tuple, fortran_order: bool
+) -> np.ndarray:
+    """One uint8 ``.npy`` member's data, exactly as many bytes as its (checked) header declares."""
+    name, declared = info.filename, int(np.prod(shape, dtype=np.int64))
+    with archive.open(info) as member:
+        _header(member, where, name)
         payload = member.read(declared + 1)
         if len(payload) != declared:
             size = len(payload) if len(payload) <= declared else len(payload) + len(member.read())
