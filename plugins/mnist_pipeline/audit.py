@@ -28,8 +28,6 @@ import logging
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from airflow.providers.common.compat.sdk import AirflowFailException
-
 from mnist_pipeline import s3io
 from mnist_pipeline.config import PipelineConfig
 from mnist_pipeline.names import FAILED_STATES, VERDICT_KEY, pull, task_states
@@ -40,11 +38,6 @@ SCHEMA_VERSION = 1
 OUTCOMES = ("deployed", "rejected", "nothing_to_do", "dry_run", "rolled_back", "failed")
 # Outcomes after which the run must end failed (a rejected model is a decision, not a failure).
 FAILING_OUTCOMES = {"failed", "rolled_back"}
-
-
-class RunFailed(AirflowFailException):
-    """The run did not deploy because something broke; the message says what. Not retried:
-    trying again cannot change a training job that ended or a run that already failed."""
 
 
 def _iso(value: Any) -> str | None:
@@ -366,6 +359,10 @@ def _error(failed: list[str], training: Mapping | None, rollback: Mapping | None
 
 def conclude(outcome: Mapping) -> str:
     """End the run as its outcome says: raise for a failure (after the audit was written)."""
+    # Airflow's exception, imported only here: the audit CLI reads records with this module, and
+    # must not need (or configure) Airflow to do so.
+    from mnist_pipeline.train import RunFailed
+
     if outcome["outcome"] in FAILING_OUTCOMES:
         raise RunFailed(f"run {outcome['outcome']}: {outcome.get('error') or 'see the audit record'}")
     log.info("run outcome: %s (%s)", outcome["outcome"], outcome["audit_uri"])

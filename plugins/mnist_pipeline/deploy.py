@@ -1,7 +1,7 @@
 """The deploy step: build the Lambda package, publish a version, smoke test it, shift the alias.
 
 Written like the amazon provider's ``operators/lambda_function.py``: thin operators over
-``LambdaHook(...).conn`` that store their arguments, log what they did and return JSON for XCom.
+:class:`mnist_pipeline.hooks.MnistLambdaHook` (which holds the state machines) that store their arguments, log what they did and return JSON for XCom.
 Each is idempotent, so a retry or a cleared task never publishes a second version of the same
 code or moves the alias twice:
 
@@ -34,10 +34,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from airflow.providers.amazon.aws.hooks.lambda_function import LambdaHook
 from airflow.providers.amazon.aws.operators.base_aws import AwsBaseOperator
 from airflow.providers.amazon.aws.utils.mixins import aws_template_fields
-from airflow.providers.common.compat.sdk import AirflowException
 
 from mnist_pipeline import s3io
 from mnist_pipeline.artifacts import download_model, source_package_dir
@@ -48,23 +46,16 @@ from mnist_pipeline.endpoint import (
     DeploymentCheckFailed,
     MnistExamplesMixin,
     check_accuracy,
-    invoke_json,
 )
+from mnist_pipeline.hooks import DESCRIPTION_MAX, MnistLambdaHook
 from mnist_pipeline.lambda_zip import build_lambda_zip, code_sha256
 from mnist_pipeline.live_alias import (
-    AliasChangedElsewhere,
-    alias_state,
     describe_state,
-    get_alias,
     last_recorded_state,
-    revision_condition,
-    same_state,
 )
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
-
-DESCRIPTION_MAX = 256  # Lambda's limit on a version description
 
 
 def upload_lambda_package(
@@ -114,7 +105,7 @@ def rollout_start(canary_weight: float, *, canary_task: str, promote_task: str) 
     return canary_task if float(canary_weight) > 0 else promote_task
 
 
-class LambdaPublishVersionOperator(AwsBaseOperator[LambdaHook]):
+class LambdaPublishVersionOperator(AwsBaseOperator[MnistLambdaHook]):
     """
     Deploy a zip from S3 to the function's ``$LATEST`` and publish it as a version, once per code.
 
@@ -135,7 +126,7 @@ class LambdaPublishVersionOperator(AwsBaseOperator[LambdaHook]):
     :param aws_conn_id: The AWS connection ID to use
     """
 
-    aws_hook_class = LambdaHook
+    aws_hook_class = MnistLambdaHook
     template_fields: Sequence[str] = aws_template_fields(
         "function_name", "s3_bucket", "s3_key", "code_sha256", "description"
     )
@@ -163,69 +154,22 @@ class LambdaPublishVersionOperator(AwsBaseOperator[LambdaHook]):
         self.waiter_max_attempts = waiter_max_attempts
 
     def execute(self, context: Context) -> dict:
-        conn = self.hook.conn
-        latest = conn.get_function_configuration(FunctionName=self.function_name)
-        code_updated = latest["CodeSha256"] != self.code_sha256
-        if code_updated:
-            self.log.info(
-                "Updating %s $LATEST from s3://%s/%s (CodeSha256 %s → %s).",
-                self.function_name,
-                self.s3_bucket,
-                self.s3_key,
-                latest["CodeSha256"],
-                self.code_sha256,
-            )
-            conn.update_function_code(
-                FunctionName=self.function_name,
-                S3Bucket=self.s3_bucket,
-                S3Key=self.s3_key,
-                **revision_condition(latest),
-            )
-        else:
-            self.log.info("%s $LATEST already has CodeSha256 %s.", self.function_name, self.code_sha256)
-        conn.get_waiter("function_updated_v2").wait(
-            FunctionName=self.function_name,
-            WaiterConfig={"Delay": self.waiter_delay, "MaxAttempts": self.waiter_max_attempts},
+        version, created, code_updated = self.hook.publish_code(
+            self.function_name,
+            self.s3_bucket,
+            self.s3_key,
+            self.code_sha256,
+            self.description,
+            {"Delay": self.waiter_delay, "MaxAttempts": self.waiter_max_attempts},
         )
-        latest = conn.get_function_configuration(FunctionName=self.function_name)
-        if latest["CodeSha256"] != self.code_sha256:
-            raise AirflowException(
-                f"{self.function_name} $LATEST has CodeSha256 {latest['CodeSha256']} after the update, not "
-                f"{self.code_sha256}: s3://{self.s3_bucket}/{self.s3_key} is not the zip that sha was computed from"
-            )
-
-        existing = self._version_with_code(conn)
-        if existing is not None:
-            self.log.info("Version %s already has this code; not publishing another.", existing["Version"])
-            version, created = existing, False
-        else:
-            version = conn.publish_version(
-                FunctionName=self.function_name,
-                CodeSha256=self.code_sha256,
-                Description=self.description[:DESCRIPTION_MAX],
-                **revision_condition(latest),
-            )
-            created = True
-            self.log.info(
-                "Published %s version %s: %s", self.function_name, version["Version"], self.description
-            )
-        conn.get_waiter("published_version_active").wait(
-            FunctionName=self.function_name,
-            Qualifier=version["Version"],
-            WaiterConfig={"Delay": self.waiter_delay, "MaxAttempts": self.waiter_max_attempts},
+        self.log.info(
+            "%s version %s has CodeSha256 %s (%s).",
+            self.function_name,
+            version["Version"],
+            self.code_sha256,
+            "published now" if created else "published before",
         )
         return self._result(version, created=created, code_updated=code_updated)
-
-    def _version_with_code(self, conn) -> dict | None:
-        matches = [
-            version
-            for page in conn.get_paginator("list_versions_by_function").paginate(
-                FunctionName=self.function_name
-            )
-            for version in page["Versions"]
-            if version["Version"] != "$LATEST" and version["CodeSha256"] == self.code_sha256
-        ]
-        return max(matches, key=lambda version: int(version["Version"]), default=None)
 
     def _result(self, version: dict, *, created: bool, code_updated: bool) -> dict:
         return {
@@ -239,7 +183,7 @@ class LambdaPublishVersionOperator(AwsBaseOperator[LambdaHook]):
         }
 
 
-class MnistEndpointSmokeTestOperator(MnistExamplesMixin, AwsBaseOperator[LambdaHook]):
+class MnistEndpointSmokeTestOperator(MnistExamplesMixin, AwsBaseOperator[MnistLambdaHook]):
     """
     Invoke a published version (not an alias) with known holdout digits and with a malformed request.
 
@@ -266,7 +210,7 @@ class MnistEndpointSmokeTestOperator(MnistExamplesMixin, AwsBaseOperator[LambdaH
     :param aws_conn_id: The AWS connection ID to use
     """
 
-    aws_hook_class = LambdaHook
+    aws_hook_class = MnistLambdaHook
     template_fields: Sequence[str] = aws_template_fields(
         "function_name", "version", "examples_uri", "num_examples", "min_accuracy", "expected_model_sha256"
     )
@@ -300,8 +244,7 @@ class MnistEndpointSmokeTestOperator(MnistExamplesMixin, AwsBaseOperator[LambdaH
         pixels, labels = self.load_examples(None if self.num_examples is None else int(self.num_examples))
         predictions = []
         for start in range(0, len(pixels), self.batch_size):
-            status, body, _ = invoke_json(
-                self.hook.conn,
+            status, body, _ = self.hook.invoke_json(
                 self.function_name,
                 version,
                 {"inputs": pixels[start : start + self.batch_size]},
@@ -316,7 +259,7 @@ class MnistEndpointSmokeTestOperator(MnistExamplesMixin, AwsBaseOperator[LambdaH
             predictions, labels, float(self.min_accuracy), f"{self.function_name}:{version}"
         )
 
-        status, body, _ = invoke_json(self.hook.conn, self.function_name, version, MALFORMED_REQUEST)
+        status, body, _ = self.hook.invoke_json(self.function_name, version, MALFORMED_REQUEST)
         if not 400 <= status < 500:
             raise DeploymentCheckFailed(
                 f"{self.function_name}:{version} answered {status} {json.dumps(body)[:500]} to a malformed request "
@@ -352,7 +295,7 @@ class MnistEndpointSmokeTestOperator(MnistExamplesMixin, AwsBaseOperator[LambdaH
             )
 
 
-class LambdaAliasShiftOperator(AwsBaseOperator[LambdaHook]):
+class LambdaAliasShiftOperator(AwsBaseOperator[MnistLambdaHook]):
     """
     Point an alias at a version: fully, or as a canary that gets ``weight`` of the traffic.
 
@@ -378,7 +321,7 @@ class LambdaAliasShiftOperator(AwsBaseOperator[LambdaHook]):
         where before and after are :func:`alias_state` dicts.
     """
 
-    aws_hook_class = LambdaHook
+    aws_hook_class = MnistLambdaHook
     template_fields: Sequence[str] = aws_template_fields("function_name", "alias", "version", "weight")
     ui_color = "#ff7300"
 
@@ -400,47 +343,16 @@ class LambdaAliasShiftOperator(AwsBaseOperator[LambdaHook]):
         self.previous_steps = tuple(previous_steps)
 
     def execute(self, context: Context) -> dict:
-        conn, version, weight = self.hook.conn, str(self.version), float(self.weight)
+        version, weight = str(self.version), float(self.weight)
         if not version.isdigit():
             raise ValueError(f"the alias must point at a published version number, not {version!r}")
         if not 0 < weight <= 1:
             raise ValueError(f"weight must be in (0, 1], got {weight}")
         expected = last_recorded_state(context["ti"], self.previous_steps) if self.previous_steps else None
-        current = get_alias(conn, self.function_name, self.alias)
-        before = alias_state(current)
-        primary = (expected or before)["version"]
-        # Already fully on the version (a canary step cleared after the promotion): nothing to undo.
-        if weight >= 1 or primary in (None, version) or before["version"] == version:
-            target_version, target_weights = version, {}
-        else:
-            target_version, target_weights = primary, {version: weight}
-        if before["exists"] and (before["version"], before["weights"]) == (target_version, target_weights):
-            self.log.info(
-                "Alias %s is already on %s %s: nothing to do.", self.alias, target_version, target_weights
-            )
-            return self._result(before, before, changed=False)
-        if expected is not None and not same_state(before, expected):
-            raise AliasChangedElsewhere(
-                f"alias {self.alias} is at {describe_state(before)}, not at {describe_state(expected)} where "
-                f"this run last saw it: it was changed elsewhere since; not moving it to version {version}"
-            )
-        if current is None:
-            self.log.info("Alias %s does not exist: creating it on version %s.", self.alias, version)
-            after = conn.create_alias(
-                FunctionName=self.function_name, Name=self.alias, FunctionVersion=version
-            )
-            return self._result(before, alias_state(after), changed=True)
-        after = conn.update_alias(
-            FunctionName=self.function_name,
-            Name=self.alias,
-            FunctionVersion=target_version,
-            RoutingConfig={"AdditionalVersionWeights": target_weights},
-            **revision_condition(current),
+        before, after, changed = self.hook.shift_alias(
+            self.function_name, self.alias, version, weight, expected
         )
-        self.log.info(
-            "Alias %s: %s → %s %s.", self.alias, describe_state(before), target_version, target_weights
-        )
-        return self._result(before, alias_state(after), changed=True)
+        return self._result(before, after, changed=changed)
 
     def _result(self, before: dict, after: dict, *, changed: bool) -> dict:
         return {
@@ -454,7 +366,7 @@ class LambdaAliasShiftOperator(AwsBaseOperator[LambdaHook]):
         }
 
 
-class MnistCanaryCheckOperator(MnistExamplesMixin, AwsBaseOperator[LambdaHook]):
+class MnistCanaryCheckOperator(MnistExamplesMixin, AwsBaseOperator[MnistLambdaHook]):
     """
     Invoke an alias with known digits until the new version itself has answered enough of them.
 
@@ -477,7 +389,7 @@ class MnistCanaryCheckOperator(MnistExamplesMixin, AwsBaseOperator[LambdaHook]):
     :param aws_conn_id: The AWS connection ID to use
     """
 
-    aws_hook_class = LambdaHook
+    aws_hook_class = MnistLambdaHook
     template_fields: Sequence[str] = aws_template_fields(
         "function_name", "alias", "version", "examples_uri", "invocations", "min_version_calls"
     )
@@ -516,9 +428,7 @@ class MnistCanaryCheckOperator(MnistExamplesMixin, AwsBaseOperator[LambdaHook]):
             calls < invocations or by_version.get(version, {}).get("invocations", 0) < needed
         ):
             image, label = pixels[calls % len(pixels)], labels[calls % len(labels)]
-            status, body, executed = invoke_json(
-                self.hook.conn, self.function_name, self.alias, {"input": image}
-            )
+            status, body, executed = self.hook.invoke_json(self.function_name, self.alias, {"input": image})
             counts = by_version.setdefault(str(executed), {"invocations": 0, "correct": 0})
             counts["invocations"] += 1
             if status != 200 or body.get("prediction") not in range(10):
@@ -557,7 +467,7 @@ class MnistCanaryCheckOperator(MnistExamplesMixin, AwsBaseOperator[LambdaHook]):
     def _call_limit(self, invocations: int, needed: int) -> int:
         if self.max_invocations is not None:
             return max(int(self.max_invocations), invocations)
-        current = alias_state(get_alias(self.hook.conn, self.function_name, self.alias))
+        current = self.hook.get_alias_state(self.function_name, self.alias)
         share = 1.0 if current["version"] == str(self.version) else current["weights"].get(str(self.version))
         if not share:
             raise DeploymentCheckFailed(

@@ -5,7 +5,7 @@ Gateway-style ``{"statusCode", "headers", "body": "<json>"}``, where the body is
 ``{"prediction", "probabilities", "model"}`` for ``{"input": [784 pixels]}`` and
 ``{"predictions": [...]}`` for ``{"inputs": [[784], ...]}``. The smoke test and the canary
 (:mod:`mnist_pipeline.deploy`) send known holdout digits (:class:`MnistExamplesMixin`) through
-:func:`invoke_json` and judge the answers with :func:`check_accuracy`.
+:meth:`mnist_pipeline.hooks.MnistLambdaHook.invoke_json` and judge the answers with :func:`check_accuracy`.
 """
 
 from __future__ import annotations
@@ -44,24 +44,6 @@ def parse_handler_response(payload: bytes, where: str) -> tuple[int, dict]:
             f"JSON body ({error})"
         ) from error
     return status, body
-
-
-def invoke_json(conn, function_name: str, qualifier: str, request: dict) -> tuple[int, dict, str | None]:
-    """Invoke synchronously; return (statusCode, body, executed version). Function errors raise."""
-    where = f"{function_name}:{qualifier}"
-    response = conn.invoke(
-        FunctionName=function_name,
-        Qualifier=qualifier,
-        InvocationType="RequestResponse",
-        Payload=json.dumps(request).encode(),
-    )
-    payload = response["Payload"].read()
-    if response.get("FunctionError"):
-        raise DeploymentCheckFailed(
-            f"{where} raised an error ({response['FunctionError']}): {payload[:1000]!r}"
-        )
-    status, body = parse_handler_response(payload, where)
-    return status, body, response.get("ExecutedVersion")
 
 
 def pick_examples(

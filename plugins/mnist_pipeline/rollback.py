@@ -11,19 +11,11 @@ import logging
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from airflow.providers.amazon.aws.hooks.lambda_function import LambdaHook
 from airflow.providers.amazon.aws.operators.base_aws import AwsBaseOperator
 from airflow.providers.amazon.aws.utils.mixins import aws_template_fields
 
-from mnist_pipeline.live_alias import (
-    AliasChangedElsewhere,
-    alias_state,
-    describe_state,
-    get_alias,
-    last_recorded_state,
-    revision_condition,
-    same_state,
-)
+from mnist_pipeline.hooks import MnistLambdaHook
+from mnist_pipeline.live_alias import last_recorded_state
 from mnist_pipeline.names import DEPLOYMENT_STEPS, FAILED_STATES, TASK_IDS, pull, task_states
 
 if TYPE_CHECKING:
@@ -44,7 +36,7 @@ def rollback_reason(ti, dag_run) -> str | None:
     return f"version {published['version']} rolled back after {', '.join(failed)} failed"
 
 
-class LambdaAliasRollbackOperator(AwsBaseOperator[LambdaHook]):
+class LambdaAliasRollbackOperator(AwsBaseOperator[MnistLambdaHook]):
     """
     Put an alias back on the version it had at the start of the run, if this run moved it.
 
@@ -67,7 +59,7 @@ class LambdaAliasRollbackOperator(AwsBaseOperator[LambdaHook]):
     :return: ``{"function_name", "alias", "version", "before", "after", "changed"}``.
     """
 
-    aws_hook_class = LambdaHook
+    aws_hook_class = MnistLambdaHook
     template_fields: Sequence[str] = aws_template_fields("function_name", "alias", "start_state")
     ui_color = "#ff7300"
 
@@ -81,44 +73,10 @@ class LambdaAliasRollbackOperator(AwsBaseOperator[LambdaHook]):
         self.left_by = tuple(left_by)
 
     def execute(self, context: Context) -> dict:
-        conn, start = self.hook.conn, self.start_state
-        version = start["version"] if start["exists"] else None
-        current = get_alias(conn, self.function_name, self.alias)
-        before = after = alias_state(current)
+        start = self.start_state
         left = last_recorded_state(context["ti"], self.left_by)
-        if (before["exists"], before["version"], before["weights"]) == (start["exists"], version, {}) or (
-            not start["exists"] and not before["exists"]
-        ):
-            self.log.info("Alias %s is already as it was at the start of the run (%s).", self.alias, version)
-            return self._result(version, before, after)
-        if left is None:
-            self.log.info(
-                "This run never moved alias %s (%s); nothing to roll back.",
-                self.alias,
-                describe_state(before),
-            )
-            return self._result(version, before, after)
-        if not same_state(before, left):
-            raise AliasChangedElsewhere(
-                f"alias {self.alias} is at {describe_state(before)}, not at {describe_state(left)} where this run "
-                f"left it: it was changed elsewhere since, so it is not rolled back to "
-                f"{describe_state(start) if start['exists'] else 'absent'}; check it by hand"
-            )
-        if version is None:
-            self.log.warning("Alias %s did not exist at the start of the run: deleting it.", self.alias)
-            conn.delete_alias(FunctionName=self.function_name, Name=self.alias)
-            after = alias_state(None)
-        else:
-            self.log.warning("Rolling alias %s back: %s → %s.", self.alias, describe_state(before), version)
-            updated = conn.update_alias(
-                FunctionName=self.function_name,
-                Name=self.alias,
-                FunctionVersion=version,
-                RoutingConfig={"AdditionalVersionWeights": {}},
-                **revision_condition(current),
-            )
-            after = alias_state(updated)
-        return self._result(version, before, after)
+        before, after = self.hook.restore_alias(self.function_name, self.alias, start, left)
+        return self._result(start["version"] if start["exists"] else None, before, after)
 
     def _result(self, version: str | None, before: dict, after: dict) -> dict:
         return {

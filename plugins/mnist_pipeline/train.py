@@ -28,12 +28,11 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from airflow.providers.amazon.aws.operators.sagemaker import SageMakerTrainingOperator, serialize
-from airflow.providers.common.compat.sdk import AirflowException
+from airflow.providers.common.compat.sdk import AirflowException, AirflowFailException
 from botocore.exceptions import ClientError
 
 from mnist_pipeline import s3io
 from mnist_pipeline.artifacts import source_package_dir
-from mnist_pipeline.audit import RunFailed
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
@@ -254,6 +253,11 @@ def _s3_channel(name: str, data_type: str, uri: str) -> dict:
         },
         "InputMode": "File",
     }
+
+
+class RunFailed(AirflowFailException):
+    """The run did not deploy because something broke; the message says what. Not retried:
+    trying again cannot change a training job that ended or a run that already failed."""
 
 
 # --- the run's job ------------------------------------------------------------------------------

@@ -6,7 +6,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from mnist_pipeline import audit, data
+from mnist_pipeline import audit, data, train
 from mnist_pipeline.names import VERDICT_KEY
 from tests.fixtures.plugin_aws import put_shard, random_digits
 from tests.fixtures.run import DAG_RUN, IDS, PARAMS, FakeSageMaker, FakeTaskInstance, evaluation
@@ -349,7 +349,7 @@ def test_audit_of_a_rolled_back_deployment():
 
 def test_conclusion_fails_the_run_only_for_failures():
     assert audit.conclude({"outcome": "rejected", "audit_uri": "s3://b/audit/r.json"}) == "rejected"
-    with pytest.raises(audit.RunFailed, match="rolled_back: failed tasks: deploy.smoke_test"):
+    with pytest.raises(train.RunFailed, match="rolled_back: failed tasks: deploy.smoke_test"):
         audit.conclude(
             {"outcome": "rolled_back", "audit_uri": "s3://b/a", "error": "failed tasks: deploy.smoke_test"}
         )
