@@ -51,9 +51,13 @@ CLIENT_CALL = re.compile(r"\b(?:s3|sm|conn|hook)\.([a-z][a-z0-9_]*)\(")
 PAGINATOR_OR_WAITER = re.compile(r"\bget_(paginator|waiter)\(\s*\"([a-z0-9_]+)\"")
 NON_API_METHODS = {"get_paginator", "get_waiter", "check_status"}  # boto3/provider helpers, not calls
 # The pipeline's own hook methods (``self.hook.publish_code(...)``): the AWS calls are inside them.
-HOOK_METHODS = set(
-    re.findall(r"^    def ([a-z][a-z0-9_]*)\(", (ROOT / "plugins/mnist_pipeline/hooks.py").read_text(), re.M)
-)
+HOOK_METHODS = {
+    name
+    for hook in ("lambda_hook.py", "sagemaker_hook.py")
+    for name in re.findall(
+        r"^    def ([a-z][a-z0-9_]*)\(", (ROOT / "plugins/mnist_pipeline" / hook).read_text(), re.M
+    )
+}
 
 
 def find_plugin_mirror() -> Path | None:

@@ -1,7 +1,7 @@
 """The deploy step: build the Lambda package, publish a version, smoke test it, shift the alias.
 
 Written like the amazon provider's ``operators/lambda_function.py``: thin operators over
-:class:`mnist_pipeline.hooks.MnistLambdaHook` (which holds the state machines) that store their arguments, log what they did and return JSON for XCom.
+:class:`mnist_pipeline.lambda_hook.MnistLambdaHook` (which holds the state machines) that store their arguments, log what they did and return JSON for XCom.
 Each is idempotent, so a retry or a cleared task never publishes a second version of the same
 code or moves the alias twice:
 
@@ -47,7 +47,7 @@ from mnist_pipeline.endpoint import (
     MnistExamplesMixin,
     check_accuracy,
 )
-from mnist_pipeline.hooks import DESCRIPTION_MAX, MnistLambdaHook
+from mnist_pipeline.lambda_hook import DESCRIPTION_MAX, MnistLambdaHook
 from mnist_pipeline.lambda_zip import build_lambda_zip, code_sha256
 from mnist_pipeline.live_alias import (
     describe_state,

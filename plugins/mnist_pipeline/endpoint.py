@@ -5,7 +5,7 @@ Gateway-style ``{"statusCode", "headers", "body": "<json>"}``, where the body is
 ``{"prediction", "probabilities", "model"}`` for ``{"input": [784 pixels]}`` and
 ``{"predictions": [...]}`` for ``{"inputs": [[784], ...]}``. The smoke test and the canary
 (:mod:`mnist_pipeline.deploy`) send known holdout digits (:class:`MnistExamplesMixin`) through
-:meth:`mnist_pipeline.hooks.MnistLambdaHook.invoke_json` and judge the answers with :func:`check_accuracy`.
+:meth:`mnist_pipeline.lambda_hook.MnistLambdaHook.invoke_json` and judge the answers with :func:`check_accuracy`.
 """
 
 from __future__ import annotations

@@ -12,9 +12,9 @@ from collections.abc import Sequence
 
 from botocore.exceptions import ClientError
 
-from mnist_pipeline import register
 from mnist_pipeline.config import PipelineConfig
 from mnist_pipeline.endpoint import DeploymentCheckFailed
+from mnist_pipeline.sagemaker_hook import find_package_for_lambda_version, model_data_url
 
 # The infrastructure's first version (the handler without a model: nothing serves yet) says so in
 # its description; infra/terraform/lambda.tf sets it. An alias on it is a first deployment.
@@ -123,12 +123,12 @@ def inspect_live_alias(lambda_conn, sm, config: PipelineConfig) -> dict:
     if not str(version).isdigit():
         problems.append(f"alias {name} points at {version}, not a published version")
         return found
-    package = register.find_package_for_lambda_version(sm, config.model_package_group, function, version)
+    package = find_package_for_lambda_version(sm, config.model_package_group, function, version)
     if package is not None:
         found.update(
             champion_version=version,
             champion_package_arn=package["ModelPackageArn"],
-            champion_model_uri=register.model_data_url(package),
+            champion_model_uri=model_data_url(package),
         )
         return found
     described = lambda_conn.get_function_configuration(FunctionName=function, Qualifier=version)

@@ -18,68 +18,19 @@ hundred calls after a year of nightly runs.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from airflow.providers.amazon.aws.hooks.sagemaker import SageMakerHook
 from airflow.providers.amazon.aws.operators.base_aws import AwsBaseOperator
 from airflow.providers.amazon.aws.operators.sagemaker import SageMakerRegisterModelVersionOperator
 from airflow.providers.amazon.aws.utils.mixins import aws_template_fields
-from botocore.exceptions import ClientError
 
-from mnist_pipeline.train import tag_value
+from mnist_pipeline.sagemaker_hook import MnistSageMakerHook, metadata_value
 
 if TYPE_CHECKING:
     from airflow.sdk import Context
 
-APPROVAL_STATUSES = ("Approved", "Rejected", "PendingManualApproval")
 CONTENT_TYPE = "application/json"
-_DESCRIPTION_MAX = 1024
-
-
-def metadata_value(value: Any) -> str:
-    """A value SageMaker accepts in CustomerMetadataProperties (the tag character set)."""
-    return tag_value(value)
-
-
-def iter_packages(sm, group: str, approval_status: str | None = None) -> Iterator[dict]:
-    """Describe the group's packages, newest first; nothing if the group does not exist."""
-    arguments = {"ModelPackageGroupName": group, "SortBy": "CreationTime", "SortOrder": "Descending"}
-    if approval_status:
-        arguments["ModelApprovalStatus"] = approval_status
-    try:
-        for page in sm.get_paginator("list_model_packages").paginate(**arguments):
-            for summary in page["ModelPackageSummaryList"]:
-                yield sm.describe_model_package(ModelPackageName=summary["ModelPackageArn"])
-    except ClientError as error:
-        if error.response["Error"]["Code"] in ("ValidationException", "ResourceNotFound"):
-            return
-        raise
-
-
-def find_package_for_run(sm, group: str, run_id: str) -> dict | None:
-    """The package registered for this DAG run, or None."""
-    wanted = metadata_value(run_id)
-    for package in iter_packages(sm, group):
-        if (package.get("CustomerMetadataProperties") or {}).get("run_id") == wanted:
-            return package
-    return None
-
-
-def find_package_for_lambda_version(sm, group: str, function_name: str, version: str) -> dict | None:
-    """The Approved package deployed as ``function_name`` version ``version``, or None."""
-    for package in iter_packages(sm, group, approval_status="Approved"):
-        metadata = package.get("CustomerMetadataProperties") or {}
-        if metadata.get("lambda_function") == function_name and metadata.get("lambda_version") == str(
-            version
-        ):
-            return package
-    return None
-
-
-def model_data_url(package: dict) -> str:
-    """The S3 URI of the package's model.tar.gz."""
-    return package["InferenceSpecification"]["Containers"][0]["ModelDataUrl"]
 
 
 def client_token(run_id: str) -> str:
@@ -110,6 +61,7 @@ class RegisterModelPackageOperator(SageMakerRegisterModelVersionOperator):
     :return: The model package ARN.
     """
 
+    aws_hook_class = MnistSageMakerHook
     template_fields: Sequence[str] = aws_template_fields(
         *SageMakerRegisterModelVersionOperator.template_fields,
         "run_id",
@@ -131,7 +83,7 @@ class RegisterModelPackageOperator(SageMakerRegisterModelVersionOperator):
         self.customer_metadata = customer_metadata
 
     def execute(self, context: Context) -> str:
-        existing = find_package_for_run(self.hook.conn, self.package_group_name, self.run_id)
+        existing = self.hook.package_for_run(self.package_group_name, self.run_id)
         if existing is not None:
             self.log.info("Run %s is already registered as %s.", self.run_id, existing["ModelPackageArn"])
             return existing["ModelPackageArn"]
@@ -157,44 +109,7 @@ class RegisterModelPackageOperator(SageMakerRegisterModelVersionOperator):
         }
 
 
-def set_package_status(
-    sm, package_arn: str, status: str, description: str, metadata: Mapping[str, Any] | None = None
-) -> dict:
-    """Set a package's approval status (and add metadata); no call when it is already so.
-
-    Metadata is merged into the package's existing CustomerMetadataProperties.
-
-    :return: ``{"model_package_arn", "status", "description", "changed"}``.
-    """
-    if status not in APPROVAL_STATUSES:
-        raise ValueError(f"status must be one of {APPROVAL_STATUSES}, got {status!r}")
-    package = sm.describe_model_package(ModelPackageName=package_arn)
-    existing = package.get("CustomerMetadataProperties") or {}
-    merged = {**existing, **{key: metadata_value(value) for key, value in (metadata or {}).items()}}
-    description = description[:_DESCRIPTION_MAX]
-    changed = (package.get("ModelApprovalStatus"), package.get("ApprovalDescription"), existing) != (
-        status,
-        description,
-        merged,
-    )
-    if changed:
-        arguments = {
-            "ModelPackageArn": package_arn,
-            "ModelApprovalStatus": status,
-            "ApprovalDescription": description,
-        }
-        if merged != existing:
-            arguments["CustomerMetadataProperties"] = merged
-        sm.update_model_package(**arguments)
-    return {
-        "model_package_arn": package_arn,
-        "status": status,
-        "description": description,
-        "changed": changed,
-    }
-
-
-class ModelPackageStatusOperator(AwsBaseOperator[SageMakerHook]):
+class ModelPackageStatusOperator(AwsBaseOperator[MnistSageMakerHook]):
     """
     Approve or reject a model package, recording why (and, when deployed, the Lambda version).
 
@@ -210,7 +125,7 @@ class ModelPackageStatusOperator(AwsBaseOperator[SageMakerHook]):
     :param aws_conn_id: The AWS connection ID to use
     """
 
-    aws_hook_class = SageMakerHook
+    aws_hook_class = MnistSageMakerHook
     template_fields: Sequence[str] = aws_template_fields(
         "model_package_arn", "status", "description", "metadata"
     )
@@ -231,8 +146,8 @@ class ModelPackageStatusOperator(AwsBaseOperator[SageMakerHook]):
         self.metadata = metadata
 
     def execute(self, context: Context) -> dict:
-        result = set_package_status(
-            self.hook.conn, self.model_package_arn, self.status, self.description, self.metadata
+        result = self.hook.set_package_status(
+            self.model_package_arn, self.status, self.description, self.metadata
         )
         self.log.info(
             "%s %s: %s%s",

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 from airflow.providers.amazon.aws.operators.base_aws import AwsBaseOperator
 from airflow.providers.amazon.aws.utils.mixins import aws_template_fields
 
-from mnist_pipeline.hooks import MnistLambdaHook
+from mnist_pipeline.lambda_hook import MnistLambdaHook
 from mnist_pipeline.live_alias import last_recorded_state
 from mnist_pipeline.names import DEPLOYMENT_STEPS, FAILED_STATES, TASK_IDS, pull, task_states
 

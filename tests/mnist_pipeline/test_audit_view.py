@@ -17,7 +17,7 @@ import pytest
 
 from mnist_pipeline import audit, audit_view
 from mnist_pipeline.config import PipelineConfig
-from mnist_pipeline.register import set_package_status
+from mnist_pipeline.sagemaker_hook import set_package_status
 
 REPO = Path(__file__).resolve().parents[2]
 ROLE_ARN = "arn:aws:iam::123456789012:role/mnist-sagemaker"

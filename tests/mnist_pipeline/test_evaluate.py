@@ -6,7 +6,7 @@ import boto3
 import numpy as np
 import pytest
 
-from mnist_pipeline import evaluate, live_alias, register
+from mnist_pipeline import evaluate, live_alias, sagemaker_hook
 from tests.fixtures.plugin_aws import (
     REGION,
     centroid_predictions,
@@ -117,7 +117,7 @@ def make_champion(config, clients, model_uri):
         },
         CustomerMetadataProperties={"run_id": "manual__earlier"},
     )["ModelPackageArn"]
-    register.set_package_status(
+    sagemaker_hook.set_package_status(
         sm, arn, "Approved", "deployed", {"lambda_function": config.lambda_function, "lambda_version": "1"}
     )
     return arn

@@ -3,7 +3,8 @@
 import boto3
 import pytest
 
-from mnist_pipeline import register as registry
+from mnist_pipeline import sagemaker_hook as registry
+from mnist_pipeline.register import ModelPackageStatusOperator, RegisterModelPackageOperator
 from tests.fixtures.plugin_aws import REGION
 
 GROUP = "mnist-classifier"
@@ -12,7 +13,7 @@ RUN_2 = "manual__2025-01-01T09:30:00+00:00"
 
 
 def register(run_id, job="job-1"):
-    operator = registry.RegisterModelPackageOperator(
+    operator = RegisterModelPackageOperator(
         task_id="register_model",
         run_id=run_id,
         image_uri="763104351884.dkr.ecr.eu-west-1.amazonaws.com/pytorch-training:2.6-cpu-py312",
@@ -93,7 +94,7 @@ def test_a_rejected_package_is_not_a_champion(sm):
 
 def test_the_status_operator_reports_what_it_did(sm):
     arn = register(RUN_1)
-    operator = registry.ModelPackageStatusOperator(
+    operator = ModelPackageStatusOperator(
         task_id="reject_model",
         model_package_arn=arn,
         status="Rejected",
