@@ -1,6 +1,6 @@
 # What the Airflow workers (MWAA execution role or self-hosted) may do: exactly the calls the
 # mnist_retraining DAG and plugins/mnist_pipeline make, on this pipeline's resources. Keep it in
-# step with the code: tests/test_terraform.py compares it with the boto3 calls in plugins/.
+# step with the code: tests/infra/test_terraform.py compares it with the boto3 calls in plugins/.
 
 locals {
   function_arn       = aws_lambda_function.classifier.arn

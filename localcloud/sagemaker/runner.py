@@ -21,7 +21,7 @@ toolkit's ``SAGEMAKER_BASE_DIR``::
 
 ``SM_STUDIO_LOCAL_MODE`` makes the toolkit skip its wait for the ``algo-1`` host name, which only
 resolves inside SageMaker's container network. The functions from JobPaths down need no localcloud
-(the benchmarks and tests/test_train.py run the toolkit with them directly).
+(the benchmarks and tests/model_code/test_train.py run the toolkit with them directly).
 
 StopTrainingJob, MaxRuntimeInSeconds and (spot) MaxWaitTimeInSeconds stop the whole process tree:
 SIGTERM, then SIGKILL after a grace period, as SageMaker does; what the model dir holds by then is

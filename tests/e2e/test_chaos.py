@@ -20,7 +20,7 @@ import pytest
 from tests.fixtures.poison import NOT_A_SHARD, deflate_bomb_batch, huge_header_batch, truncated_batch
 from tests.fixtures.stack import Traffic, start_time
 
-pytestmark = [pytest.mark.chaos, pytest.mark.timeout(1200)]
+pytestmark = [pytest.mark.chaos, pytest.mark.e2e, pytest.mark.slow, pytest.mark.timeout(1200)]
 
 PUBLISH, SHIFT, ROLLBACK = "deploy.publish_lambda_version", "deploy.shift_canary", "rollback.rollback_alias"
 # What the next scenario needs from an earlier one (a batch that must be found again, a run to clear).

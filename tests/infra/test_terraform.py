@@ -11,7 +11,7 @@ from pathlib import Path
 import botocore.session
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 TERRAFORM_DIR = ROOT / "infra" / "terraform"
 PLUGIN_MIRROR_CANDIDATES = [
     os.environ.get("TF_PLUGIN_DIR", ""),

@@ -13,7 +13,7 @@ import sys
 
 import pytest
 
-from tests.test_handler import CONTEXT, api_event, load_handler
+from tests.lambda_package.test_handler import CONTEXT, api_event, load_handler
 
 ERROR_ANSWER_LIMIT = 4096
 DEPTH = 100_000

@@ -19,7 +19,7 @@ import numpy as np
 import onnx
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 HANDLER_FILE = REPO / "lambda_package" / "handler.py"
 CONTEXT = SimpleNamespace(aws_request_id="req-0001")
 

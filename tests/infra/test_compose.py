@@ -14,7 +14,7 @@ import yaml
 from localcloud.config import split_list
 from mnist_pipeline.config import load_config
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 COMPOSE_FILE = ROOT / "docker-compose.yaml"
 AIRFLOW_SERVICES = {
     "airflow-init",

@@ -6,6 +6,10 @@ a canary; the same run cleared and run again; a regression; a dry run; a broken 
 the smoke test; a training job that fails. Each step checks what a person would: where the alias ``live``
 points, the model packages' statuses, and the run's audit record.
 
+The story cannot be half-run: every test of this module asks the ``story`` fixture for the outcome
+of its chapter, and the fixture runs every chapter, in order, once per session. So ``-k regression``
+still runs the nights before it (and after), and reports only on the regression.
+
 Training is real (SageMaker's toolkit running ``model_code/train.py``) but tiny: one epoch on a
 couple of thousand images, so a run takes seconds. Lambda versions run the real handler.
 """
@@ -28,6 +32,8 @@ from mnist_pipeline.audit import read_audit
 from mnist_pipeline.config import PipelineConfig
 from model_code.shards import shard_bytes
 from tests.fixtures.localcloud import LocalCloudHandle
+
+pytestmark = [pytest.mark.e2e, pytest.mark.slow]
 
 ACCOUNT = "000000000000"
 SAGEMAKER_ROLE = f"arn:aws:iam::{ACCOUNT}:role/mnist-sagemaker"
@@ -128,6 +134,16 @@ class Pipeline:
         return [version["Version"] for version in listed if version["Version"] != "$LATEST"]
 
 
+# The chapters of the story, in the order they run (see ``story``).
+CHAPTERS = []
+
+
+def chapter(night):
+    """Adds a night to the story; nights run in the order they are defined."""
+    CHAPTERS.append(night)
+    return night
+
+
 @pytest.fixture(scope="module")
 def pipeline(airflow_db, mnist, tmp_path_factory):
     from airflow.dag_processing.dagbag import DagBag
@@ -182,7 +198,8 @@ def pipeline(airflow_db, mnist, tmp_path_factory):
     cloud.stop()
 
 
-def test_first_run_deploys_version_1_behind_a_new_alias(pipeline):
+@chapter
+def first_run_deploys_version_1_behind_a_new_alias(pipeline):
     assert pipeline.alias() is None
 
     dag_run, record = pipeline.run()
@@ -207,7 +224,8 @@ def test_first_run_deploys_version_1_behind_a_new_alias(pipeline):
     assert pipeline.consumed() == set(record["result"]["consumed_batches"])
 
 
-def test_a_night_without_new_data_trains_nothing(pipeline):
+@chapter
+def a_night_without_new_data_trains_nothing(pipeline):
     jobs = pipeline.training_jobs()
 
     dag_run, record = pipeline.run()
@@ -220,7 +238,8 @@ def test_a_night_without_new_data_trains_nothing(pipeline):
     assert pipeline.alias() == {"version": "1", "weights": {}}
 
 
-def test_new_data_is_promoted_through_the_canary_and_a_bad_batch_is_quarantined(pipeline):
+@chapter
+def new_data_is_promoted_through_the_canary_and_a_bad_batch_is_quarantined(pipeline):
     good = pipeline.clean_batch(3)
     images = pipeline.mnist.train_images[:BATCH].copy()
     images[:, :, :] = 255  # all-white "digits": the content checks must refuse them
@@ -253,7 +272,8 @@ def test_new_data_is_promoted_through_the_canary_and_a_bad_batch_is_quarantined(
     assert good in pipeline.consumed() and bad not in pipeline.consumed()
 
 
-def test_clearing_a_run_resumes_its_training_job_and_deploys_nothing_twice(pipeline):
+@chapter
+def clearing_a_run_resumes_its_training_job_and_deploys_nothing_twice(pipeline):
     jobs, versions, packages = pipeline.training_jobs(), pipeline.versions(), pipeline.packages()
     when = dt.datetime(2026, 1, pipeline.runs, 2, tzinfo=dt.UTC)  # the previous test's run
 
@@ -270,7 +290,8 @@ def test_clearing_a_run_resumes_its_training_job_and_deploys_nothing_twice(pipel
     assert record["deployment"]["version_created"] is False
 
 
-def test_a_regression_is_rejected_and_the_alias_stays(pipeline):
+@chapter
+def a_regression_is_rejected_and_the_alias_stays(pipeline):
     batch = pipeline.clean_batch(5)
 
     # A model that barely trained: far below the champion.
@@ -287,7 +308,8 @@ def test_a_regression_is_rejected_and_the_alias_stays(pipeline):
     assert batch not in pipeline.consumed()
 
 
-def test_a_dry_run_trains_and_evaluates_but_registers_and_deploys_nothing(pipeline):
+@chapter
+def a_dry_run_trains_and_evaluates_but_registers_and_deploys_nothing(pipeline):
     versions, packages = pipeline.versions(), pipeline.packages()
 
     dag_run, record = pipeline.run(dry_run=True, min_accuracy=0.0, max_regression=1.0)
@@ -303,7 +325,8 @@ def test_a_dry_run_trains_and_evaluates_but_registers_and_deploys_nothing(pipeli
     assert record["result"]["consumed_batches"] == []
 
 
-def test_a_version_failing_its_smoke_test_is_rolled_back(pipeline):
+@chapter
+def a_version_failing_its_smoke_test_is_rolled_back(pipeline):
     function = pipeline.config.lambda_function
     # Someone points the handler at a function that does not exist: every version published now breaks.
     pipeline.lambda_.update_function_configuration(FunctionName=function, Handler="handler.missing")
@@ -324,7 +347,8 @@ def test_a_version_failing_its_smoke_test_is_rolled_back(pipeline):
     assert pipeline.packages()[dag_run.run_id]["lambda_version"] is None
 
 
-def test_a_failed_training_job_deploys_nothing(pipeline):
+@chapter
+def a_failed_training_job_deploys_nothing(pipeline):
     versions, packages = pipeline.versions(), pipeline.packages()
     corrupt = f"{pipeline.config.holdout_prefix}holdout-corrupt.npz"
     pipeline.s3.put_object(Bucket=pipeline.config.bucket, Key=corrupt, Body=b"not a shard")
@@ -342,3 +366,24 @@ def test_a_failed_training_job_deploys_nothing(pipeline):
     assert pipeline.versions() == versions
     assert pipeline.packages() == packages
     assert pipeline.alias() == {"version": "2", "weights": {}}
+
+
+@pytest.fixture(scope="module")
+def story(pipeline) -> dict[str, BaseException | None]:
+    """Runs every chapter in order, whichever chapters were selected; what each one raised."""
+    outcomes: dict[str, BaseException | None] = {}
+    for night in CHAPTERS:
+        try:
+            night(pipeline)
+        except (Exception, pytest.fail.Exception) as failure:
+            outcomes[night.__name__] = failure
+        else:
+            outcomes[night.__name__] = None
+    return outcomes
+
+
+@pytest.mark.parametrize("night", CHAPTERS, ids=[night.__name__ for night in CHAPTERS])
+def test_night(story, night):
+    failure = story[night.__name__]
+    if failure is not None:
+        raise failure
