@@ -10,7 +10,7 @@ PIP_VERSION := 26.3
 PYTEST_ARGS ?=
 ARGS ?=
 
-.PHONY: help install lock data test chaos lint demo bench endpoint feed status down audit clean
+.PHONY: help install lock data test test-fast chaos lint demo bench endpoint feed status down audit clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -38,6 +38,9 @@ data: $(STAMP)  ## fetch and verify MNIST into .cache/ (needs the package regist
 
 test: $(STAMP)  ## run every test (installs first)
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+test-fast: $(STAMP)  ## the quick tier: no training, no servers (under 90 s; see README "Tests")
+	$(PY) -m pytest --fast $(PYTEST_ARGS)
 
 chaos: $(STAMP)  ## the fault suite through airflow standalone and localcloud, as make demo starts them
 	$(PY) -m pytest -m chaos $(PYTEST_ARGS)

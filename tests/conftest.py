@@ -6,7 +6,8 @@ Test tiers (the README's "Tests" section says what runs where):
 - ``make test-fast`` (``pytest --fast``) runs the quick tier: no training and no servers. It
   deselects the ``slow``, ``e2e``, ``browser`` and ``chaos`` tests, and guards the rest: a test
   that listens on a port or launches a training run, a localcloud or an Airflow process fails
-  with a message saying to mark it ``slow``. So a missing marker cannot hide in the quick tier.
+  with a message saying to mark it ``slow`` (Python child processes get the same guard through a
+  ``sitecustomize`` on their path). So a missing marker cannot hide in the quick tier.
 - A test that uses a fixture which trains or starts servers (``SLOW_FIXTURES``) is marked
   ``slow`` here, so its own marker cannot be forgotten.
 """
@@ -34,7 +35,9 @@ pytest_plugins = [
 # Markers the quick tier leaves out.
 NOT_FAST = ("slow", "e2e", "browser", "chaos")
 # Fixtures that train a model or start a server: whoever uses one is slow.
-SLOW_FIXTURES = frozenset({"trained_model_dir", "localcloud", "demo_stack", "browser", "chromium"})
+SLOW_FIXTURES = frozenset(
+    {"trained_model_dir", "localcloud", "running_localcloud", "demo_stack", "browser", "chromium"}
+)
 # Programs the quick tier never starts (an argument of the command line, or its file name).
 SLOW_COMMANDS = frozenset(
     {"train.py", "sagemaker_training", "localcloud", "airflow", "postgres", "pg_ctl", "initdb", "chromium"}
@@ -90,3 +93,25 @@ def _fast_tier_guard(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyP
 
     monkeypatch.setattr(socket.socket, "listen", listen)
     monkeypatch.setattr(subprocess.Popen, "__init__", popen_init)
+    # Python child processes get the same guard (``python -c "...LocalCloud(...).start()"``).
+    guard_dir = request.getfixturevalue("_child_listen_guard")
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [guard_dir, os.environ.get("PYTHONPATH")])))
+
+
+CHILD_GUARD = """\
+import socket
+
+
+def _listen(self, *args, **kwargs):
+    raise OSError("make test-fast: this process listens on a port; mark the test that started it slow")
+
+
+socket.socket.listen = _listen
+"""
+
+
+@pytest.fixture(scope="session")
+def _child_listen_guard(tmp_path_factory: pytest.TempPathFactory) -> str:
+    directory = tmp_path_factory.mktemp("fast-tier-guard")
+    (directory / "sitecustomize.py").write_text(CHILD_GUARD)
+    return str(directory)

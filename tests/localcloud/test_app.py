@@ -43,6 +43,7 @@ def test_cli_status_prints_services_or_fails_when_nothing_listens(localcloud, ca
     assert "not running" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_python_m_localcloud_serves_until_sigterm(tmp_path):
     env = {**os.environ, "LOCALCLOUD_DATA_DIR": str(tmp_path / "state")}
     started = time.perf_counter()
@@ -86,6 +87,7 @@ def start_server_process(data_dir: Path) -> tuple[subprocess.Popen, str]:
     return server, line.split("listening on ")[1].split()[0]
 
 
+@pytest.mark.slow
 def test_a_killed_server_loses_nothing_it_acknowledged(tmp_path):
     server, endpoint = start_server_process(tmp_path)
     try:
@@ -132,6 +134,7 @@ def test_one_data_dir_one_server_and_busy_ports_are_explained(localcloud, tmp_pa
         LocalCloud(Config(data_dir=tmp_path / "other", port=port)).start()
 
 
+@pytest.mark.slow
 def test_stop_returns_promptly_with_idle_keep_alive_connections(tmp_path):
     cloud = LocalCloud(Config(data_dir=tmp_path, port=0)).start()
     client = cloud.client("sts")

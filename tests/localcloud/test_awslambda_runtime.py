@@ -134,6 +134,7 @@ def test_invocation_types_payload_limits_and_missing_targets(localcloud):
         lam.invoke(FunctionName="other")
 
 
+@pytest.mark.slow
 def test_workers_scale_to_the_limit_and_throttle_past_the_queue(tmp_path, monkeypatch):
     # Two workers per version, and one invocation may wait for them.
     monkeypatch.setenv("LOCALCLOUD_LAMBDA_WORKERS_PER_VERSION", "2")
@@ -209,6 +210,7 @@ def test_the_mnist_lambda_predicts_real_digits_through_an_alias(localcloud, trai
 # --- clean shutdown ---------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_no_worker_outlives_the_server(tmp_path):
     cloud = LocalCloud(Config(data_dir=tmp_path / "lc", port=0)).start()
     try:
@@ -236,6 +238,7 @@ def test_no_worker_outlives_the_server(tmp_path):
         assert_process_ends(pid)
 
 
+@pytest.mark.slow
 def test_workers_die_with_a_killed_server(tmp_path):
     """Even a SIGKILLed localcloud, which stops nothing, leaves no worker behind (parent-death signal)."""
     server = subprocess.Popen(

@@ -175,6 +175,7 @@ def test_parts_stay_readable_until_an_abort_or_bucket_delete_commits(s3_backend)
     assert s3.get_bytes("lake", "big") == b"part one"
 
 
+@pytest.mark.slow
 def test_start_sweeps_blobs_that_no_document_references(tmp_path):
     data_dir = tmp_path / "data"
     handle = LocalCloudHandle(data_dir)
@@ -235,6 +236,7 @@ def fill(directory: Path) -> Path:
     return filler
 
 
+@pytest.mark.slow
 def test_a_full_disk_fails_writes_cleanly_and_they_work_again_once_space_is_freed(tmp_path):
     with small_tmpfs(tmp_path / "small", "24m") as disk:
         data_dir = disk / "data"

@@ -139,6 +139,7 @@ def test_start_reaps_recorded_groups_and_spares_a_reused_pid(tmp_path, started):
         store.close()
 
 
+@pytest.mark.slow
 def test_localcloud_start_reaps_what_a_killed_predecessor_left_behind(tmp_path, started):
     from localcloud.app import LocalCloud
     from localcloud.config import Config

@@ -508,6 +508,7 @@ def test_signed_aws_chunked_upload_is_decoded_and_its_trailer_checked(localcloud
     assert status == 400 and b"<Code>BadDigest</Code>" in body
 
 
+@pytest.mark.slow
 def test_oversized_object_is_refused_with_entity_too_large(tmp_path):
     with LocalCloud(Config(data_dir=tmp_path, port=0, max_object_bytes=MiB)) as cloud:
         s3 = cloud.client("s3", config=BotoConfig(retries={"max_attempts": 1}))

@@ -158,6 +158,7 @@ def test_loopback_host_names_are_served_on_any_port_spelling(localcloud, host):
     assert bucket_names(localcloud) == ["loopback"]
 
 
+@pytest.mark.slow
 def test_configured_host_names_and_origins_are_served(tmp_path):
     config = Config(
         data_dir=tmp_path,
@@ -257,6 +258,7 @@ def test_presigned_urls_of_both_signature_versions_are_signed_requests(localclou
 # --- the Lambda Runtime API's own ports -------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_the_runtime_api_ports_refuse_browsers_and_other_host_names():
     served: list[str] = []
     server = RuntimeApiServer(
@@ -282,6 +284,7 @@ def test_the_runtime_api_ports_refuse_browsers_and_other_host_names():
         server.close()
 
 
+@pytest.mark.slow
 def test_a_page_that_connects_first_does_not_block_the_worker():
     """The Runtime API serves one connection at a time: a refused one must be closed at once."""
     server = RuntimeApiServer(lambda *args: json_response({}), "test")
@@ -306,6 +309,7 @@ def test_a_page_that_connects_first_does_not_block_the_worker():
         server.close()
 
 
+@pytest.mark.slow
 def test_the_serve_command_takes_the_settings_as_flags_and_names_a_bad_one(tmp_path):
     command = [sys.executable, "-m", "localcloud", "serve", "--port", "0", "--data-dir", str(tmp_path)]
     for flag, value, setting in [

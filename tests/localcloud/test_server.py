@@ -49,6 +49,7 @@ def test_unknown_operation_and_unknown_service(localcloud):
     assert status == 501 and "does not implement the ec2 service" in json.loads(body)["message"]
 
 
+@pytest.mark.slow
 def test_oversized_api_body_gets_the_services_error(tmp_path):
     with LocalCloud(Config(data_dir=tmp_path, port=0, max_request_bytes=4096)) as cloud:
         logs = cloud.client("logs", config=BotoConfig(retries={"max_attempts": 1}))

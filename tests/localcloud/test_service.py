@@ -109,6 +109,7 @@ class ToyApis(Service):
         }
 
 
+@pytest.mark.slow
 def test_rest_json_protocol_contract_for_later_services(tmp_path):
     config = Config(data_dir=tmp_path)
     router = Router([ToyLambda(None, config), ToyApis(None, config)], {})

@@ -102,6 +102,7 @@ def test_the_header_block_is_bounded_in_size_not_only_per_line(localcloud):
     assert (answer.status, answer.closed) == (431, True)
 
 
+@pytest.mark.slow
 def test_a_request_head_trickled_a_byte_at_a_time_is_cut_off(tmp_path):
     with LocalCloud(Config(data_dir=tmp_path, port=0, request_head_timeout_s=1)) as cloud:
         with socket.create_connection(address(cloud.endpoint_url), timeout=10) as slow:
@@ -133,6 +134,7 @@ def test_a_request_head_trickled_a_byte_at_a_time_is_cut_off(tmp_path):
             assert time.monotonic() - started < 3
 
 
+@pytest.mark.slow
 def test_an_idle_keep_alive_connection_is_closed_after_the_idle_timeout(tmp_path):
     with (
         LocalCloud(Config(data_dir=tmp_path, port=0, idle_timeout_s=1)) as cloud,
@@ -150,6 +152,7 @@ def test_an_idle_keep_alive_connection_is_closed_after_the_idle_timeout(tmp_path
 # --- connections ------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_connections_beyond_the_cap_are_refused_fast_and_the_slot_comes_back(tmp_path):
     with LocalCloud(Config(data_dir=tmp_path, port=0, max_connections=3)) as cloud:
         held = [socket.create_connection(address(cloud.endpoint_url), timeout=5) for _ in range(3)]
@@ -193,6 +196,7 @@ def test_an_invoke_body_is_held_to_invokes_limit_before_it_is_read(localcloud):
         assert sock.recv(100).startswith(b"HTTP/1.1 100 Continue")
 
 
+@pytest.mark.slow
 def test_event_invocations_beyond_the_queue_are_throttled(tmp_path):
     with LocalCloud(Config(data_dir=tmp_path, port=0, lambda_event_queue=2)) as cloud:
         lam = cloud.client("lambda", config=BotoConfig(retries={"max_attempts": 1}))  # a retry would wait
