@@ -328,7 +328,7 @@ with DAG(
         def upload_lambda_package(settings: dict, evaluation: dict, run_id: str | None = None) -> dict:
             config, s3 = aws(settings, "s3")
             package = deploy.upload_lambda_package(
-                s3, config, evaluation["model_uri"], evaluation["model_sha256"]
+                s3, config, evaluation["model_files"], evaluation["model_sha256"]
             )
             description = deploy.version_description(
                 run_id, evaluation["training_job"], evaluation["accuracy"]

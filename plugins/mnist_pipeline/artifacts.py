@@ -3,11 +3,16 @@
 The archive comes from a training job's output and is not trusted: :func:`safe_extract_tar`
 refuses absolute paths, ``..``, links, devices, and more entries or bytes than a model needs,
 checking every entry before anything is written.
+
+A run fetches and unpacks its job's archive once, in the evaluate step, which keeps the files the
+Lambda zip takes from it (:data:`SERVED_FILES`) beside its report (:func:`keep_served_files`);
+the deploy step builds the zip from those, not from the archive.
 """
 
 from __future__ import annotations
 
 import gzip
+import hashlib
 import importlib.util
 import io
 import tarfile
@@ -19,6 +24,8 @@ from mnist_pipeline import s3io
 MAX_ARCHIVE_BYTES = 256 << 20  # compressed model.tar.gz, held in memory
 MAX_EXTRACTED_BYTES = 1 << 30
 MAX_MEMBERS = 1000
+# What the Lambda zip takes from a model artifact, beside the handler (lambda_zip.REQUIRED_ENTRIES).
+SERVED_FILES = ("model.onnx", "model_card.json")
 
 
 def source_package_dir(package: str) -> Path:
@@ -98,3 +105,25 @@ def download_model(s3, model_uri: str, destination: str | Path) -> Path:
     if "model.onnx" not in names:
         raise FileNotFoundError(f"{model_uri} has no model.onnx at its top level; it holds {names}")
     return destination
+
+
+def keep_served_files(s3, bucket: str, prefix: str, model_dir: str | Path) -> dict:
+    """Store the :data:`SERVED_FILES` a model directory has under ``prefix``; return
+    ``{name: {"key", "sha256"}}`` for each one stored (a missing model card is the zip's to refuse).
+    """
+    kept = {}
+    for name in SERVED_FILES:
+        path = Path(model_dir, name)
+        if not path.is_file():
+            continue
+        data = path.read_bytes()
+        key = prefix + name
+        s3io.put_bytes(
+            s3,
+            bucket,
+            key,
+            data,
+            "application/json" if name.endswith(".json") else "application/octet-stream",
+        )
+        kept[name] = {"key": key, "sha256": hashlib.sha256(data).hexdigest()}
+    return kept

@@ -5,9 +5,9 @@ Written like the amazon provider's ``operators/lambda_function.py``: thin operat
 Each is idempotent, so a retry or a cleared task never publishes a second version of the same
 code or moves the alias twice:
 
-- :func:`upload_lambda_package` builds the deterministic zip (handler + the job's model.onnx and
-  model_card.json) and puts it in S3 once per content, after checking that model.onnx is the
-  very file the evaluation scored (its sha256).
+- :func:`upload_lambda_package` builds the deterministic zip (handler + the model.onnx and
+  model_card.json the evaluate step kept from the job's model.tar.gz) and puts it in S3 once per
+  content, after checking that model.onnx is the very file the evaluation scored (its sha256).
 - :class:`LambdaPublishVersionOperator` updates ``$LATEST`` only when the zip's CodeSha256
   differs, returns the existing version that has that code instead of publishing another, and
   waits for the version to be Active.
@@ -29,16 +29,14 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import tempfile
 from collections.abc import Sequence
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 from airflow.providers.amazon.aws.operators.base_aws import AwsBaseOperator
 from airflow.providers.amazon.aws.utils.mixins import aws_template_fields
 
 from mnist_pipeline import s3io
-from mnist_pipeline.artifacts import download_model, source_package_dir
+from mnist_pipeline.artifacts import SERVED_FILES, source_package_dir
 from mnist_pipeline.config import PipelineConfig
 from mnist_pipeline.endpoint import (
     MALFORMED_REQUEST,
@@ -58,30 +56,39 @@ if TYPE_CHECKING:
     from airflow.sdk import Context
 
 
-def upload_lambda_package(
-    s3, config: PipelineConfig, model_uri: str, expected_model_sha256: str | None = None
-) -> dict:
-    """Build the Lambda zip for a job's model.tar.gz and upload it as ``lambda/<sha256>.zip``.
+def upload_lambda_package(s3, config: PipelineConfig, model_files: dict, expected_model_sha256: str) -> dict:
+    """Build the Lambda zip from the files the evaluation kept and upload it as ``lambda/<sha256>.zip``.
 
-    The zip is ``lambda_package/handler.py`` with the job's ``model.onnx`` and
-    ``model_card.json``, built reproducibly, so the same model gives the same CodeSha256 and the
-    upload happens once.
+    The zip is ``lambda_package/handler.py`` with the evaluated job's ``model.onnx`` and
+    ``model_card.json``, as :func:`mnist_pipeline.evaluate.evaluate_run` kept them from the job's
+    model.tar.gz (which is not fetched again), built reproducibly, so the same model gives the
+    same CodeSha256 and the upload happens once.
 
+    :param model_files: the evaluation's ``model_files``: ``{name: {"key", "sha256"}}``.
     :param expected_model_sha256: the sha256 of the model.onnx the evaluation scored; a different
-        file is refused (the artifact changed since it was evaluated), so the deployed model is the
-        evaluated one.
+        file is refused (it changed since it was evaluated), so the deployed model is the
+        evaluated one. The other files must still have the sha256 the evaluation recorded.
     :return: ``{"s3_bucket", "s3_key", "code_sha256", "model_sha256", "uploaded"}``.
     """
-    handler = source_package_dir("lambda_package") / "handler.py"
-    with tempfile.TemporaryDirectory(prefix="mnist-lambda-") as workdir:
-        model_dir = download_model(s3, model_uri, Path(workdir))
-        model_sha256 = hashlib.sha256((model_dir / "model.onnx").read_bytes()).hexdigest()
-        if expected_model_sha256 is not None and model_sha256 != expected_model_sha256:
-            raise DeploymentCheckFailed(
-                f"model.onnx in {model_uri} has sha256 {model_sha256}, but the evaluation scored "
-                f"{expected_model_sha256}: the artifact changed after it was evaluated; not deploying it"
+    contents = {}
+    for name in SERVED_FILES:
+        if name not in model_files:
+            raise FileNotFoundError(
+                f"the evaluated model has no {name}, which the Lambda zip needs (it kept {sorted(model_files)})"
             )
-        data = build_lambda_zip(handler, model_dir / "model.onnx", model_dir / "model_card.json")
+        key = model_files[name]["key"]
+        contents[name] = s3io.get_bytes(s3, config.bucket, key)
+        sha256 = hashlib.sha256(contents[name]).hexdigest()
+        scored = name == "model.onnx"
+        expected = expected_model_sha256 if scored else model_files[name]["sha256"]
+        if sha256 != expected:
+            raise DeploymentCheckFailed(
+                f"{name} in {config.s3_uri(key)} has sha256 {sha256}, but the evaluation "
+                f"{'scored' if scored else 'kept'} {expected}: the file changed after it was evaluated; "
+                "not deploying it"
+            )
+    handler = source_package_dir("lambda_package") / "handler.py"
+    data = build_lambda_zip(handler, contents["model.onnx"], contents["model_card.json"])
     key = config.lambda_zip_key(hashlib.sha256(data).hexdigest())
     uploaded = not s3io.exists(s3, config.bucket, key)
     if uploaded:
@@ -90,7 +97,7 @@ def upload_lambda_package(
         "s3_bucket": config.bucket,
         "s3_key": key,
         "code_sha256": code_sha256(data),
-        "model_sha256": model_sha256,
+        "model_sha256": expected_model_sha256,
         "uploaded": uploaded,
     }
 

@@ -6,7 +6,9 @@
 - :func:`evaluate_run` does it for one run, and records the metric gate's decision
   (:func:`mnist_pipeline.gate.gate_decision`) (models fetched and unpacked safely by
   :func:`mnist_pipeline.artifacts.download_model`; the champion is what the run's start found
-  behind the alias) and writes ``evaluation.json`` and ``report.md`` to ``evaluations/<run>/``.
+  behind the alias) and writes ``evaluation.json`` and ``report.md`` to ``evaluations/<run>/``,
+  with the files of the scored artifact that the Lambda zip needs under ``evaluations/<run>/model/``:
+  the deploy step packages those, so the job's ``model.tar.gz`` is fetched and unpacked once.
 
 onnxruntime is imported inside the functions that run a model.
 """
@@ -23,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from mnist_pipeline import s3io
-from mnist_pipeline.artifacts import download_model
+from mnist_pipeline.artifacts import download_model, keep_served_files
 from mnist_pipeline.config import PipelineConfig
 from mnist_pipeline.data import read_shards
 from mnist_pipeline.gate import gate_decision
@@ -142,10 +144,12 @@ def evaluate_run(
 
     :param live: what :func:`mnist_pipeline.endpoint.inspect_live_alias` found behind the alias
         at the start of the run: the champion, and the problems that block a deployment.
-    :return: the evaluation document (also at ``evaluation_uri``) with ``evaluation_uri``,
-        ``report_uri`` and ``examples_uri`` (a holdout shard, for the Lambda smoke test) added,
-        and, flat for the DAG's wiring, ``accuracy`` and ``model_sha256`` (the candidate's) and
-        ``champion_version`` (the Approved version behind the alias, None without one).
+    :return: the evaluation document (also at ``evaluation_uri``; its ``model_files`` maps each
+        file of the scored artifact the Lambda zip needs to ``{"key", "sha256"}`` of the copy kept
+        under ``evaluations/<run>/model/``) with ``evaluation_uri``, ``report_uri`` and
+        ``examples_uri`` (a holdout shard, for the Lambda smoke test) added, and, flat for the
+        DAG's wiring, ``accuracy`` and ``model_sha256`` (the candidate's) and ``champion_version``
+        (the Approved version behind the alias, None without one).
     """
     images, labels, holdout_shards = read_shards(s3, config.bucket, config.holdout_prefix)
     live = live or {}
@@ -158,8 +162,12 @@ def evaluate_run(
             "model_uri": live.get("champion_model_uri"),
         }
     problems = list(live.get("problems") or [])
+    prefix = config.evaluation_prefix(run_id)
     with tempfile.TemporaryDirectory(prefix="mnist-evaluation-") as workdir:
-        candidate = evaluate_onnx(download_model(s3, model_uri, Path(workdir, "candidate")), images, labels)
+        candidate_dir = download_model(s3, model_uri, Path(workdir, "candidate"))
+        candidate = evaluate_onnx(candidate_dir, images, labels)
+        # The deploy step packages these very files, rather than fetching the archive again.
+        model_files = keep_served_files(s3, config.bucket, prefix + "model/", candidate_dir)
         if champion and champion["model_uri"] and not problems:
             champion_dir = download_model(s3, champion["model_uri"], Path(workdir, "champion"))
             champion["metrics"] = evaluate_onnx(champion_dir, images, labels)
@@ -186,11 +194,11 @@ def evaluate_run(
         "model_uri": model_uri,
         "holdout": {"rows": int(len(labels)), "shards": holdout_shards},
         "candidate": candidate,
+        "model_files": model_files,
         "champion": champion,
         "live_alias": live or None,
         "gate": gate,
     }
-    prefix = config.evaluation_prefix(run_id)
     evaluation_uri = s3io.put_json(s3, config.bucket, prefix + "evaluation.json", evaluation)
     report_uri = s3io.put_bytes(
         s3, config.bucket, prefix + "report.md", render_report(evaluation).encode(), "text/markdown"

@@ -33,12 +33,14 @@ REQUIRED_ENTRIES = ("handler.py", "model.onnx", "model_card.json")
 
 
 def build_lambda_zip(
-    handler_file: str | os.PathLike,
-    model_file: str | os.PathLike,
-    model_card_file: str | os.PathLike,
+    handler_file: str | os.PathLike | bytes,
+    model_file: str | os.PathLike | bytes,
+    model_card_file: str | os.PathLike | bytes,
     extra_files: Mapping[str, str | os.PathLike | bytes] | None = None,
 ) -> bytes:
     """The deployment zip's bytes: the handler, the model and its card at the zip's root.
+
+    Each entry is a file path or the bytes to store: the zip is the same either way.
 
     :param handler_file: the handler source, stored as ``handler.py`` whatever its own name.
     :param model_file: the ONNX model, stored as ``model.onnx``.

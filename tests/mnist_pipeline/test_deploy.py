@@ -15,7 +15,8 @@ import boto3
 import pytest
 
 from mnist_pipeline import deploy, endpoint, evaluate, live_alias
-from mnist_pipeline.lambda_zip import code_sha256
+from mnist_pipeline.artifacts import keep_served_files
+from mnist_pipeline.lambda_zip import build_lambda_zip, code_sha256
 from mnist_pipeline.rollback import LambdaAliasRollbackOperator
 from tests.fixtures.plugin_aws import (
     HANDLER_FILE,
@@ -53,13 +54,16 @@ def function(s3, pipeline_config):
     return client
 
 
+def keep_model(s3, config, tmp_path, model: bytes, job: str) -> dict:
+    """A job's model files kept in S3 as the evaluate step keeps them: its ``model_files``."""
+    model_dir = write_model_dir(tmp_path / job, model, job)
+    return keep_served_files(s3, config.bucket, f"evaluations/{job}/model/", model_dir)
+
+
 def upload_zip(s3, config, tmp_path, model: bytes, job: str) -> tuple[str, str]:
-    """A job's model.tar.gz in S3, packaged for Lambda by the pipeline: (zip key, CodeSha256)."""
-    model_key = f"training/{job}/output/model.tar.gz"
-    s3.put_object(
-        Bucket=config.bucket, Key=model_key, Body=model_tar_gz(write_model_dir(tmp_path / job, model, job))
-    )
-    package = deploy.upload_lambda_package(s3, config, config.s3_uri(model_key))
+    """A job's evaluated model, packaged for Lambda by the pipeline: (zip key, CodeSha256)."""
+    files = keep_model(s3, config, tmp_path, model, job)
+    package = deploy.upload_lambda_package(s3, config, files, hashlib.sha256(model).hexdigest())
     return package["s3_key"], package["code_sha256"]
 
 
@@ -96,12 +100,11 @@ def alias_now(client):
 def test_a_model_is_packaged_with_the_handler_and_uploaded_once(
     s3, pipeline_config, tmp_path, centroid_models
 ):
-    model_key = "training/job-1/output/model.tar.gz"
-    model_dir = write_model_dir(tmp_path / "job-1", centroid_models["good"], "job-1")
-    s3.put_object(Bucket=pipeline_config.bucket, Key=model_key, Body=model_tar_gz(model_dir))
+    files = keep_model(s3, pipeline_config, tmp_path, centroid_models["good"], "job-1")
+    evaluated = hashlib.sha256(centroid_models["good"]).hexdigest()
 
-    first = deploy.upload_lambda_package(s3, pipeline_config, pipeline_config.s3_uri(model_key))
-    again = deploy.upload_lambda_package(s3, pipeline_config, pipeline_config.s3_uri(model_key))
+    first = deploy.upload_lambda_package(s3, pipeline_config, files, evaluated)
+    again = deploy.upload_lambda_package(s3, pipeline_config, files, evaluated)
 
     assert (first["uploaded"], again["uploaded"]) == (True, False)
     assert again["s3_key"] == first["s3_key"] and again["code_sha256"] == first["code_sha256"]
@@ -114,23 +117,71 @@ def test_a_model_is_packaged_with_the_handler_and_uploaded_once(
         assert archive.read("model.onnx") == centroid_models["good"]
 
 
-def test_the_package_is_built_only_from_the_model_the_evaluation_scored(
-    s3, pipeline_config, tmp_path, centroid_models
+def test_a_runs_model_tar_gz_is_fetched_once_and_the_zip_holds_what_was_evaluated(
+    s3, pipeline_config, holdout_uri, tmp_path, centroid_models
 ):
     model_key = "training/job-1/output/model.tar.gz"
     model_dir = write_model_dir(tmp_path / "job-1", centroid_models["good"], "job-1")
     s3.put_object(Bucket=pipeline_config.bucket, Key=model_key, Body=model_tar_gz(model_dir))
-    evaluated = hashlib.sha256(centroid_models["good"]).hexdigest()
-    uri = pipeline_config.s3_uri(model_key)
+    reads = record_calls(s3, "GetObject")
 
-    built = deploy.upload_lambda_package(s3, pipeline_config, uri, expected_model_sha256=evaluated)
-    assert built["model_sha256"] == evaluated
-
-    # The artifact is replaced after the evaluation: the deployment refuses it.
+    evaluation = evaluate.evaluate_run(
+        s3,
+        pipeline_config,
+        run_id="manual__r1",
+        training_job="job-1",
+        model_uri=pipeline_config.s3_uri(model_key),
+        min_accuracy=0.3,
+        max_regression=0.002,
+        live=None,
+    )
+    # Replaced after the evaluation: the deployment packages the evaluated files, not this.
     swapped = write_model_dir(tmp_path / "swapped", centroid_models["weak"], "job-1")
     s3.put_object(Bucket=pipeline_config.bucket, Key=model_key, Body=model_tar_gz(swapped))
-    with pytest.raises(endpoint.DeploymentCheckFailed, match=f"but the evaluation scored {evaluated}"):
-        deploy.upload_lambda_package(s3, pipeline_config, uri, expected_model_sha256=evaluated)
+    package = deploy.upload_lambda_package(
+        s3, pipeline_config, evaluation["model_files"], evaluation["model_sha256"]
+    )
+
+    assert [read["Key"] for read in reads].count(model_key) == 1
+    data = s3.get_object(Bucket=pipeline_config.bucket, Key=package["s3_key"])["Body"].read()
+    # The same bytes as a zip of the job's own files: the same model keeps its CodeSha256.
+    assert data == build_lambda_zip(HANDLER_FILE, model_dir / "model.onnx", model_dir / "model_card.json")
+    assert package["model_sha256"] == hashlib.sha256(centroid_models["good"]).hexdigest()
+
+
+def test_the_package_is_built_only_from_the_model_the_evaluation_scored(
+    s3, pipeline_config, tmp_path, centroid_models
+):
+    files = keep_model(s3, pipeline_config, tmp_path, centroid_models["good"], "job-1")
+    evaluated = hashlib.sha256(centroid_models["good"]).hexdigest()
+
+    built = deploy.upload_lambda_package(s3, pipeline_config, files, evaluated)
+    assert built["model_sha256"] == evaluated
+
+    # The kept model.onnx is replaced after the evaluation: the deployment refuses it.
+    kept = files["model.onnx"]["key"]
+    s3.put_object(Bucket=pipeline_config.bucket, Key=kept, Body=centroid_models["weak"])
+    with pytest.raises(
+        endpoint.DeploymentCheckFailed, match=f"{kept} has sha256 .* but the evaluation scored {evaluated}"
+    ):
+        deploy.upload_lambda_package(s3, pipeline_config, files, evaluated)
+
+
+def test_a_model_card_changed_or_missing_since_the_evaluation_is_refused(
+    s3, pipeline_config, tmp_path, centroid_models
+):
+    files = keep_model(s3, pipeline_config, tmp_path, centroid_models["good"], "job-1")
+    evaluated = hashlib.sha256(centroid_models["good"]).hexdigest()
+
+    card = files["model_card.json"]
+    s3.put_object(Bucket=pipeline_config.bucket, Key=card["key"], Body=b'{"output": {"name": "other"}}')
+    with pytest.raises(endpoint.DeploymentCheckFailed, match=f"but the evaluation kept {card['sha256']}"):
+        deploy.upload_lambda_package(s3, pipeline_config, files, evaluated)
+
+    # An artifact without a model card is evaluated, but cannot be packaged.
+    without_card = {"model.onnx": files["model.onnx"]}
+    with pytest.raises(FileNotFoundError, match="the evaluated model has no model_card.json"):
+        deploy.upload_lambda_package(s3, pipeline_config, without_card, evaluated)
 
 
 def test_publishing_waits_for_the_version_to_be_active(
@@ -516,6 +567,7 @@ def test_the_canary_check_counts_calls_per_version_through_the_alias(function, h
     assert result["invocations"] >= 20 and result["version_invocations"] >= 5
 
 
+@pytest.mark.slow  # 40 canary checks, each with its own AWS clients: about 17 s
 def test_the_canary_passes_only_once_the_new_version_answered_enough_calls(function, holdout_uri, handlers):
     route_to_canary(function, 0.1)
     # With 20 calls at 10%, about one run in eight sent none to the new version and still passed.

@@ -1,5 +1,6 @@
 """Evaluation: exact scoring of model.onnx, the champion, the gate's record, the reports."""
 
+import hashlib
 import json
 
 import boto3
@@ -143,6 +144,31 @@ def test_a_first_model_is_evaluated_and_the_reports_written(s3, pipeline_config,
     report = s3.get_object(Bucket=pipeline_config.bucket, Key=prefix + "report.md")["Body"].read().decode()
     assert "## Decision: APPROVED" in report
     assert f"| accuracy | {result['candidate']['accuracy']:.4f} | - |" in report
+
+
+def test_the_files_the_lambda_zip_needs_are_kept_from_the_scored_artifact(
+    s3, pipeline_config, evaluation_world, tmp_path, centroid_models
+):
+    uris, clients = evaluation_world
+    result = run_evaluation(s3, pipeline_config, clients, uris["good"])
+
+    prefix = pipeline_config.evaluation_prefix(RUN_ID) + "model/"
+    files = result["model_files"]
+    assert {name: record["key"] for name, record in files.items()} == {
+        "model.onnx": prefix + "model.onnx",
+        "model_card.json": prefix + "model_card.json",
+    }
+    assert files["model.onnx"]["sha256"] == result["model_sha256"] == result["candidate"]["model_sha256"]
+    for name, record in files.items():
+        kept = s3.get_object(Bucket=pipeline_config.bucket, Key=record["key"])["Body"].read()
+        assert kept == (tmp_path / "good" / name).read_bytes()
+        assert hashlib.sha256(kept).hexdigest() == record["sha256"]
+    stored = json.loads(
+        s3.get_object(
+            Bucket=pipeline_config.bucket, Key=pipeline_config.evaluation_prefix(RUN_ID) + "evaluation.json"
+        )["Body"].read()
+    )
+    assert stored["model_files"] == files
 
 
 def test_a_model_worse_than_the_champion_is_rejected_with_both_accuracies(
