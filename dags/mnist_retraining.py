@@ -1,34 +1,74 @@
 """
 # mnist_retraining
 
-Nightly retraining of the MNIST digit classifier, from new data to the `live` Lambda alias.
+Nightly retraining of the MNIST digit classifier, from new data to the `live` Lambda alias. This
+is the one step-by-step story of a run; each step's logic is the `mnist_pipeline` module named
+with it, and task ids and XCom keys come from `mnist_pipeline.names`.
 
-0. **check_live_alias**: where the alias points at the start of the run. Leftover canary weights,
-   or a version no Approved model package records, block this run's deployment (the gate says
-   why) and that version is not treated as the champion.
+0. **check_live_alias** (`mnist_pipeline.live_alias`): where the alias points at the start of
+   the run. Leftover canary weights (a deployment that did not finish), or a version no Approved
+   model package records (deployed by hand, or rejected since), block this run's deployment: the
+   gate rejects, saying why, the audit records what was found, and that version is not treated as
+   the champion. Terraform's first version is marked as the placeholder (its description), so a
+   first deployment on AWS is not blocked.
 
-1. **data**: find incoming batches no deployed run consumed, validate each (Great Expectations),
-   quarantine failures, snapshot exactly what this run trains on. Nothing new and no
+1. **data** (`mnist_pipeline.data`): find the incoming batches (`data/incoming/batch-NNNN.npz`)
+   that no deployed run consumed (a run cleared after it deployed finds its own batches again,
+   and repeats itself); validate each (Great Expectations, `data_checks/` against
+   `data/reference.json`); move failures to `data/quarantine/<run>/<batch>.<sha256>.npz` with
+   their validation report. Nothing is lost: the copy is made from exactly the validated bytes
+   (`CopySourceIfMatch`) and checked by sha256, and the incoming object is deleted only if it
+   still holds them (`IfMatch`), so a batch re-uploaded meanwhile stays for the next run. A file
+   that is not a shard, or is hostile (a header claiming 10^9 images, a deflate bomb, a truncated
+   upload), is quarantined the same way, never crashed on: shards are read header-first within
+   bounds (64 MiB, 100,000 images). Then the run's immutable snapshot
+   (`snapshots/<run>/manifest.json`: every shard with its sha256). Nothing new and no
    `force_retrain`: the run stops here and its audit record says "nothing_to_do".
-2. **train**: one SageMaker training job per run, named after the run, so a retry or a cleared
-   task resumes that job instead of starting another; a sensor waits without holding a worker.
-3. **evaluate**: score the job's exact `model.onnx` and the live champion on the holdout.
-   `dry_run` stops here.
-4. **register**: one model package per run, with its metrics and its links to run, job and data.
-5. **gate**: accuracy ≥ `min_accuracy` and ≥ champion − `max_regression`; with `require_approval`,
-   a person decides too. A rejected model's package is marked Rejected; the alias is untouched.
-6. **deploy**: publish a Lambda version, smoke test that version, shift `canary_weight` of the
-   alias's traffic to it, check the canary, promote, mark the package Approved; then, and only
-   then, mark the run's batches consumed (`mark_batches_consumed`), so the next run does not
-   train on them again. A run that fails or is rejected consumes nothing.
-7. **rollback**: when a step after publishing fails, the alias goes back to the champion (only if
-   it is still where this run left it) and the package is marked Rejected; the run then fails.
-8. **audit**: `audit/<run>.json` in S3, whatever happened, including the batches the run marked
-   consumed. `conclude_run` then fails the run if it failed.
 
-Each step's logic is the `mnist_pipeline` module of the same name (`data`, `train`, `evaluate`,
-`register`, `gate`, `deploy`, `rollback`, `audit`; step 0 is `live_alias`); task ids and XCom
-keys come from `mnist_pipeline.names`.
+2. **train** (`mnist_pipeline.train`): one SageMaker training job per run, named after the run,
+   so a retry or a cleared task resumes that job instead of starting another (the provider's
+   operator, subclassed, with `wait_for_completion=False`); the provider's sensor then waits in
+   reschedule mode, holding no worker. The request: the PyTorch training image, the trainer's
+   `MetricDefinitions`, a `ManifestFile` channel of exactly the snapshot's shards, the holdout
+   channel, spot with checkpoints when asked, tags linking the job to the run, and
+   `RetryStrategy` (2 attempts): after an internal failure (a lost host) SageMaker restarts the
+   same job itself; a job that failed for its own reasons is never retried.
+
+3. **evaluate** (`mnist_pipeline.evaluate`): the job's `model.tar.gz`, fetched and extracted
+   safely, once; its exact `model.onnx` and the champion (the Approved version `check_live_alias`
+   found) scored on the holdout: accuracy, per-class accuracy, confusion matrix, latency, model
+   sha256 → `evaluations/<run>/evaluation.json` and `report.md`, with the files the Lambda zip
+   needs kept under `evaluations/<run>/model/`. `dry_run` stops here.
+
+4. **register** (`mnist_pipeline.register`): one model package per run (a retry finds it by its
+   `run_id` metadata), with its metrics and its links to run, job and data.
+
+5. **gate** (`mnist_pipeline.gate`): accuracy ≥ `min_accuracy` and ≥ champion − `max_regression`;
+   with `require_approval`, a person decides too (Airflow's human-in-the-loop UI). A rejected
+   model's package is marked Rejected; the alias is untouched; the outcome is "rejected".
+
+6. **deploy** (`mnist_pipeline.deploy`): the deterministic zip, built only from the model.onnx
+   whose sha256 the evaluation scored (the kept files, not the archive again) → S3 →
+   `update_function_code` → `publish_version` (unchanged code yields no new version), waiting
+   until the version is Active → smoke test of that *version* on holdout digits (every answer must
+   name the evaluated model's sha256) and a malformed request → `canary_weight` of the alias's
+   traffic, checked with at least `canary_invocations` calls of which the new version itself
+   must answer at least 5 (`ExecutedVersion`) → all of it → package Approved with the Lambda
+   version. Each alias move is made only from the state this run last recorded (version, weights,
+   `RevisionId`): a change made elsewhere meanwhile fails the task, naming both. Then, and only
+   then, `mark_batches_consumed` (`mnist_pipeline.data`) records the run's batches consumed, so
+   the next run does not train on them again; a run that fails or is rejected consumes nothing.
+
+7. **rollback** (`mnist_pipeline.rollback`): when a step after publishing fails, the alias goes
+   back to the version it had at the start of the run, but only if it is still exactly where this
+   run left it (otherwise the task fails, naming both states: a later hotfix or a newer run's
+   deployment is never reverted); the package is marked Rejected; the run then fails with the
+   reason.
+
+8. **audit** (`mnist_pipeline.audit`): `audit/<run>.json` in S3, whatever happened (run,
+   trigger, params, data accepted/quarantined and consumed, training job and metrics,
+   evaluation, gate decision, package, Lambda version, alias before/after, outcome, error).
+   `conclude_run` then fails the run if it failed.
 
 Settings: Airflow Variables `mnist_*` or environment `MNIST_*` (see `mnist_pipeline.config`), and
 the connection `aws_default`, which alone decides whether this talks to AWS or to localcloud.
@@ -61,6 +101,17 @@ def xcom(name: str, *path: str, key: str = "return_value") -> str:
     fields)."""
     keys = "".join(f"['{item}']" for item in path)
     return "{{ ti.xcom_pull(task_ids='" + IDS[name] + "', key='" + key + "')" + keys + " }}"
+
+
+def step_doc(group: str) -> str:
+    """The group's step as this module's docstring (the DAG's docs) tells it, so that the story of
+    a run is written once."""
+    steps = [paragraph for paragraph in __doc__.split("\n\n") if f". **{group}** (" in paragraph]
+    if len(steps) != 1:
+        raise ValueError(
+            f"the DAG's docstring must tell step {group!r} once, in one paragraph; found {len(steps)}"
+        )
+    return steps[0].strip()
 
 
 def setting(name: str) -> str:
@@ -154,11 +205,7 @@ with DAG(
 
     live = check_live_alias(settings)
 
-    with TaskGroup(
-        "data",
-        tooltip="Find, validate and snapshot the data",
-        doc_md="Step 1: new batches validated, failures quarantined, the run's snapshot written.",
-    ):
+    with TaskGroup("data", tooltip="Find, validate and snapshot the data", doc_md=step_doc("data")):
 
         @task(task_id=task_name("discovery"))
         def find_new_batches(settings: dict, run_id: str | None = None) -> dict:
@@ -183,11 +230,7 @@ with DAG(
         snapshot = snapshot_data(settings, checked)
         check_for_new_data(checked) >> snapshot
 
-    with TaskGroup(
-        "train",
-        tooltip="Train on SageMaker",
-        doc_md="Step 2: one SageMaker job per run, resumed on retry; the sensor holds no worker.",
-    ):
+    with TaskGroup("train", tooltip="Train on SageMaker", doc_md=step_doc("train")):
 
         @task(task_id=task_name("source"), multiple_outputs=True)
         def upload_training_code(settings: dict) -> dict:
@@ -229,11 +272,7 @@ with DAG(
         )
         train_model >> wait_for_training
 
-    with TaskGroup(
-        "evaluate",
-        tooltip="Evaluate the model and the champion",
-        doc_md="Step 3: the job's model.onnx and the champion scored on the holdout.",
-    ):
+    with TaskGroup("evaluate", tooltip="Evaluate the model and the champion", doc_md=step_doc("evaluate")):
 
         @task(task_id=task_name("evaluation"), multiple_outputs=True)
         def evaluate_model(
@@ -264,9 +303,7 @@ with DAG(
         not_dry_run = stop_if_dry_run()
         evaluation >> not_dry_run
 
-    with TaskGroup(
-        "register", tooltip="Register the model package", doc_md="Step 4: one model package per run."
-    ):
+    with TaskGroup("register", tooltip="Register the model package", doc_md=step_doc("register")):
         register_model = RegisterModelPackageOperator(
             task_id=task_name("registration"),
             run_id="{{ run_id }}",
@@ -286,11 +323,7 @@ with DAG(
         )
         not_dry_run >> register_model
 
-    with TaskGroup(
-        "gate",
-        tooltip="Decide: deploy or reject",
-        doc_md="Step 5: the metric gate, then (require_approval) a person.",
-    ):
+    with TaskGroup("gate", tooltip="Decide: deploy or reject", doc_md=step_doc("gate")):
         approve_deployment = DeploymentApprovalOperator(task_id=task_name("approval"), evaluation=evaluation)
 
         # Reads evaluation and approval from XCom: as arguments, a succeeded evaluate_model would
@@ -318,11 +351,7 @@ with DAG(
         register_model >> approve_deployment
         [register_model, approve_deployment] >> decision >> reject_model
 
-    with TaskGroup(
-        "deploy",
-        tooltip="Ship to Lambda",
-        doc_md="Step 6: publish, smoke test, canary, promote, approve; then the batches are consumed.",
-    ):
+    with TaskGroup("deploy", tooltip="Ship to Lambda", doc_md=step_doc("deploy")):
 
         @task(task_id=task_name("lambda_package"), multiple_outputs=True)
         def upload_lambda_package(settings: dict, evaluation: dict, run_id: str | None = None) -> dict:
@@ -415,11 +444,7 @@ with DAG(
         publish >> smoke_test >> rollout >> [shift_canary, promote_alias]
         shift_canary >> check_canary >> promote_alias >> approve_model >> consumed
 
-    with TaskGroup(
-        "rollback",
-        tooltip="Undo a failed deployment",
-        doc_md="Step 7: the alias back to where the run found it, if still where the run left it.",
-    ):
+    with TaskGroup("rollback", tooltip="Undo a failed deployment", doc_md=step_doc("rollback")):
 
         @task.short_circuit(
             task_id=task_name("rollback_check"),
@@ -448,11 +473,7 @@ with DAG(
         [publish, smoke_test, shift_canary, check_canary, promote_alias] >> rollback_needed
         rollback_needed >> rollback_alias >> reject_rolled_back_model
 
-    with TaskGroup(
-        "audit",
-        tooltip="Record what happened",
-        doc_md="Step 8: the audit record, then the run's final state.",
-    ):
+    with TaskGroup("audit", tooltip="Record what happened", doc_md=step_doc("audit")):
 
         @task(task_id=task_name("audit"), trigger_rule=TriggerRule.ALL_DONE)
         def record_audit(ti=None, dag_run=None, params: dict | None = None) -> dict:
