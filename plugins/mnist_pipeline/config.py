@@ -22,6 +22,7 @@ place::
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import re
 from collections.abc import Callable, Mapping
@@ -241,6 +242,43 @@ def dag_schedule(environ: Mapping[str, str] | None = None) -> str:
     if problem:
         raise ConfigError(f"mnist_schedule: {problem}; set AIRFLOW_VAR_MNIST_SCHEDULE or MNIST_SCHEDULE")
     return value
+
+
+def run_defaults(environ: Mapping[str, str] | None = None) -> dict:
+    """Defaults for the DAG's Params in runs nobody fills the form for (the nightly cron, new data):
+    ``MNIST_RUN_DEFAULTS``, a JSON object of Param names and values, read at parse time.
+
+    E.g. ``{"epochs": 1, "canary_weight": 0.2}`` on a staging Airflow. The DAG checks each value
+    against its Param's schema when it is parsed, so a bad one is an import error naming it.
+    """
+    environ = os.environ if environ is None else environ
+    value = (environ.get("MNIST_RUN_DEFAULTS") or "").strip()
+    if not value:
+        return {}
+    try:
+        defaults = json.loads(value)
+    except ValueError as error:
+        raise ConfigError(f"MNIST_RUN_DEFAULTS: not JSON ({error})") from None
+    if not isinstance(defaults, dict):
+        raise ConfigError("MNIST_RUN_DEFAULTS: must be a JSON object of Param names and values")
+    return defaults
+
+
+def with_run_defaults(params: dict, environ: Mapping[str, str] | None = None) -> dict:
+    """The DAG's ``params`` with :func:`run_defaults` applied, each checked against its Param."""
+    from airflow.sdk import Param
+
+    defaults = run_defaults(environ)
+    unknown = sorted(set(defaults) - set(params))
+    if unknown:
+        raise ConfigError(f"MNIST_RUN_DEFAULTS names no Param of this DAG: {', '.join(unknown)}")
+    changed = {
+        name: Param(value, description=params[name].description, **params[name].schema)
+        for name, value in defaults.items()
+    }
+    for param in changed.values():
+        param.resolve()  # a value its schema refuses fails the parse here, naming the Param
+    return {**params, **changed}
 
 
 def training_poke_interval(environ: Mapping[str, str] | None = None) -> int:

@@ -333,16 +333,19 @@ def validate_batches(s3, config: PipelineConfig, run_id: str, keys: list[str]) -
     return check_batches(s3, config, run_id, keys, check)
 
 
-def has_work(checked: Mapping, force_retrain: bool) -> bool:
-    """Train when a batch was accepted, or when asked to anyway."""
+def has_work(checked: Mapping, force_retrain: bool, *, drift: bool = False) -> bool:
+    """Train when a batch was accepted, when asked to anyway, or when live traffic drifted (so the
+    champion is re-evaluated, and a candidate trained, on the data there is)."""
     accepted = len(checked.get("accepted", []))
     if accepted:
         log.info("%d new batch(es) accepted: training.", accepted)
     elif force_retrain:
         log.info("No new data, but force_retrain is set: training.")
+    elif drift:
+        log.info("No new data, but live traffic drifted (see monitor_traffic): training.")
     else:
-        log.info("Nothing to do: no new accepted batches and force_retrain is off.")
-    return bool(accepted) or bool(force_retrain)
+        log.info("Nothing to do: no new accepted batches, no drift, and force_retrain is off.")
+    return bool(accepted) or bool(force_retrain) or bool(drift)
 
 
 # --- snapshots -----------------------------------------------------------------------------

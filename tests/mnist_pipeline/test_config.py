@@ -117,3 +117,49 @@ def test_training_poke_interval_is_whole_seconds():
     assert training_poke_interval({"MNIST_TRAINING_POKE_INTERVAL": "5"}) == 5
     with pytest.raises(ConfigError, match="MNIST_TRAINING_POKE_INTERVAL.*'0'"):
         training_poke_interval({"MNIST_TRAINING_POKE_INTERVAL": "0"})
+
+
+# --- defaults for runs nobody fills the form for (MNIST_RUN_DEFAULTS) ------------------------------
+
+
+def _params():
+    from airflow.sdk import Param
+
+    return {
+        "epochs": Param(3, type="integer", minimum=1, maximum=50, description="Training epochs."),
+        "dry_run": Param(False, type="boolean", description="Never deploy."),
+    }
+
+
+def test_run_defaults_replace_the_params_defaults_and_keep_their_schema():
+    from mnist_pipeline.config import with_run_defaults
+
+    params = with_run_defaults(_params(), {"MNIST_RUN_DEFAULTS": '{"epochs": 1}'})
+    assert params["epochs"].resolve() == 1 and params["dry_run"].resolve() is False
+    assert params["epochs"].description == "Training epochs."
+    assert params["epochs"].schema["maximum"] == 50
+    assert with_run_defaults(_params(), {})["epochs"].resolve() == 3
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ("{epochs: 1}", "MNIST_RUN_DEFAULTS: not JSON"),
+        ("[1]", "must be a JSON object"),
+        ('{"epoch": 1}', "names no Param of this DAG: epoch"),
+    ],
+)
+def test_bad_run_defaults_fail_the_parse_naming_what_is_wrong(value, message):
+    from mnist_pipeline.config import ConfigError, with_run_defaults
+
+    with pytest.raises(ConfigError, match=message):
+        with_run_defaults(_params(), {"MNIST_RUN_DEFAULTS": value})
+
+
+def test_a_run_default_its_param_refuses_fails_the_parse_naming_the_param():
+    from airflow.sdk.exceptions import ParamValidationError
+
+    from mnist_pipeline.config import with_run_defaults
+
+    with pytest.raises(ParamValidationError, match="epochs|51"):
+        with_run_defaults(_params(), {"MNIST_RUN_DEFAULTS": '{"epochs": 51}'})
