@@ -6,16 +6,23 @@ PYTHON ?= python3.11
 VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
+UI_ASSETS := plugins/mnist_audit_static/vendor/chart.umd.js
 PIP_VERSION := 26.3
 PYTEST_ARGS ?=
 ARGS ?=
 
-.PHONY: help install lock data test test-fast chaos lint demo bench endpoint feed status down audit clean
+.PHONY: help install ui-assets lock data test test-fast chaos lint demo bench endpoint feed status down audit clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
 
-install: $(STAMP)  ## create .venv with exactly the pinned versions (idempotent)
+install: $(STAMP) $(UI_ASSETS)  ## create .venv with exactly the pinned versions, fetch the audit page's Chart.js (idempotent)
+
+ui-assets: $(UI_ASSETS)  ## fetch the audit page's chart library from the npm registry (pinned, sha512 checked)
+
+# Gitignored, never committed; re-fetched only when the pin in the script changes.
+$(UI_ASSETS): devtools/ui_assets.py | $(STAMP)
+	$(PY) -m devtools.ui_assets
 
 # Re-installs only when the lock or the project metadata change.
 $(STAMP): requirements/lock.txt pyproject.toml
