@@ -19,7 +19,8 @@
       responsive: true,
       maintainAspectRatio: false,
       interaction: { mode: "index", intersect: false },
-      scales: { y: { title: { display: true, text: yTitle } } },
+      // offset: a lone run sits in the middle, not on the axis.
+      scales: { x: { offset: true }, y: { title: { display: true, text: yTitle } } },
       plugins: {
         legend: { position: "bottom" },
         tooltip: { callbacks: { title: (items) => runs[items[0].dataIndex] } },
@@ -66,7 +67,10 @@
               borderColor: "#c53030",
               backgroundColor: "#c53030",
               borderDash: [6, 4],
-              pointRadius: 0,
+              // A dash at each run, so that the threshold shows with a single run too.
+              pointStyle: "line",
+              pointRadius: 14,
+              pointBorderWidth: 3,
               stepped: "middle",
               spanGaps: true,
             },
