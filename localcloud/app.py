@@ -28,6 +28,7 @@ from localcloud.s3 import S3Backend, S3Service
 from localcloud.sagemaker import SageMakerBackend, SageMakerService
 from localcloud.server import HttpServer, is_loopback
 from localcloud.service import Backend, Service
+from localcloud.sqs import SqsBackend, SqsService
 from localcloud.store import Store
 from localcloud.sts import StsService
 from localcloud.trust import RequestGuard
@@ -50,6 +51,7 @@ class LocalCloud:
     def _build_services(self, store: Store) -> None:
         config = self.config
         self.faults = FaultRules()
+        self.sqs = SqsBackend(store, config)
         self.s3 = S3Backend(store, config)
         self.logs = LogsBackend(store, config)
         self.sagemaker = SageMakerBackend(store, config, s3=self.s3, logs=self.logs)
@@ -62,6 +64,7 @@ class LocalCloud:
             LambdaService(self.lambda_, config),
             ApiGatewayService(self.apigateway, config),
             StsService(None, config),
+            SqsService(self.sqs, config),
         ]
 
     @property

@@ -133,11 +133,20 @@ class JsonProtocol(Protocol):
         return Response(status or 200, {"Content-Type": self.content_type}, body)
 
     def serialize_error(self, error: ServiceError, request: Request) -> Response:
-        document = {"__type": error.code, "message": error.message, **error.fields}
+        error_type = error.code
+        headers = {"Content-Type": self.content_type}
+        if self.model.is_query_compatible:
+            # A service that moved from query to json (SQS) keeps its query codes: __type names the
+            # modeled exception (the service's query_error_shapes), x-amzn-query-error carries the code
+            # botocore reports as Error.Code.
+            shapes = getattr(self.service, "query_error_shapes", {})
+            error_type = shapes.get(error.code, error.code)
+            fault = "Sender" if error.status < 500 else "Receiver"
+            headers["x-amzn-query-error"] = f"{error.code};{fault}"
+        headers["x-amzn-ErrorType"] = error_type
+        document = {"__type": error_type, "message": error.message, **error.fields}
         body = json.dumps(document, default=str).encode()
-        return Response(
-            error.status, {"Content-Type": self.content_type, "x-amzn-ErrorType": error.code}, body
-        )
+        return Response(error.status, headers, body)
 
 
 class _RestRoute:
