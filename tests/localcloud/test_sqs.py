@@ -364,9 +364,9 @@ def test_batches_fail_per_entry_or_whole_as_aws(sqs):
 def test_visibility_timeout_stale_handles_and_changes(sqs):
     url = sqs.create_queue(QueueName="q")["QueueUrl"]
     sqs.send_message(QueueUrl=url, MessageBody="m")
-    first = sqs.receive_message(QueueUrl=url, VisibilityTimeout=1)["Messages"][0]
+    first = sqs.receive_message(QueueUrl=url, VisibilityTimeout=2)["Messages"][0]
     assert "Messages" not in sqs.receive_message(QueueUrl=url) and counts(sqs, url) == (0, 1, 0)
-    time.sleep(1.1)
+    time.sleep(2.1)
     assert counts(sqs, url) == (1, 0, 0)
     second = sqs.receive_message(QueueUrl=url, VisibilityTimeout=30, AttributeNames=["All"])["Messages"][0]
     assert second["MessageId"] == first["MessageId"] and second["ReceiptHandle"] != first["ReceiptHandle"]
@@ -580,7 +580,7 @@ def test_queues_messages_and_in_flight_state_survive_a_restart(localcloud):
     sqs.send_message(QueueUrl=url, MessageBody="in flight long")
     sqs.send_message(QueueUrl=url, MessageBody="in flight short")
     held = {}
-    for body, timeout in (("kept", 0), ("in flight long", 60), ("in flight short", 1)):
+    for body, timeout in (("kept", 0), ("in flight long", 60), ("in flight short", 2)):
         while body not in held:  # receive until this body comes up (order is best effort)
             message = sqs.receive_message(QueueUrl=url, VisibilityTimeout=timeout)["Messages"][0]
             held[message["Body"]] = message
@@ -599,8 +599,8 @@ def test_queues_messages_and_in_flight_state_survive_a_restart(localcloud):
     }
     assert sqs.list_queue_tags(QueueUrl=url)["Tags"] == {"k": "v"}
     assert counts(sqs, url)[1] >= 1  # the 60 s one at least is still in flight
-    time.sleep(1.1)
-    assert counts(sqs, url) == (2, 1, 0)  # the 1 s one came back, across the restart
+    time.sleep(2.1)
+    assert counts(sqs, url) == (2, 1, 0)  # the 2 s one came back, across the restart
     got = sqs.receive_message(
         QueueUrl=url, MaxNumberOfMessages=10, MessageAttributeNames=["All"], AttributeNames=["All"]
     )["Messages"]
