@@ -172,9 +172,12 @@ class _RestRoute:
             if shape.members[name].serialization.get("location") == "header"
         ]
         # The most specific binding wins: GET /{Bucket}/{Key+}?uploadId=... is ListParts, not GetObject.
+        # Between equal bindings the current operation wins over the deprecated one it replaced
+        # (PUT /{Bucket}?notification is PutBucketNotificationConfiguration, not PutBucketNotification).
         self.specificity = (
             len(self.query_literals) + len(self.required_query) + len(self.required_headers),
             len(path),
+            not operation.deprecated,
         )
 
     def match(self, request: Request) -> dict[str, str] | None:
