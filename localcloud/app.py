@@ -52,7 +52,7 @@ class LocalCloud:
         config = self.config
         self.faults = FaultRules()
         self.sqs = SqsBackend(store, config)
-        self.s3 = S3Backend(store, config)
+        self.s3 = S3Backend(store, config, sqs=self.sqs)
         self.logs = LogsBackend(store, config)
         self.sagemaker = SageMakerBackend(store, config, s3=self.s3, logs=self.logs)
         self.lambda_ = LambdaBackend(store, config, s3=self.s3, logs=self.logs, faults=self.faults)

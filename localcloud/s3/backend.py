@@ -3,7 +3,8 @@
 Keys never become file paths: every object body is a blob with a random id, and the document that
 points at it is replaced in one SQLite transaction, so a reader sees the old object or the new one,
 never a mix. This is also the in-process API other services use (put_file, put_bytes, open_object,
-get_bytes, head_object, list_keys).
+get_bytes, head_object, list_keys). Every committed write or delete is offered to the bucket's
+notification configuration (notifications.py), which sends the matching events to SQS.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from typing import TYPE_CHECKING, Any, BinaryIO
 from localcloud.config import Config
 from localcloud.s3.bodies import Upload
 from localcloud.s3.exceptions import precondition_failed
+from localcloud.s3.notifications import BucketNotifications
 from localcloud.s3.utils import DEFAULT_CONTENT_TYPE, MAX_KEYS, check_key, object_attributes, quoted
 from localcloud.service import Backend
 from localcloud.store import Store
@@ -27,6 +29,7 @@ from localcloud.wire import CHUNK_BYTES, ServiceError
 
 if TYPE_CHECKING:
     from localcloud.app import LocalCloud
+    from localcloud.sqs import SqsBackend
 
 BUCKET_KIND = "s3/bucket"  # key: bucket name
 OBJECT_KIND = "s3/object"  # key: "<bucket>/<key>" (bucket names cannot contain "/")
@@ -51,10 +54,11 @@ class Listing:
 class S3Backend(Backend):
     """Buckets and objects in the store. Other services use put_file/put_bytes/open_object/list_keys."""
 
-    def __init__(self, store: Store, config: Config) -> None:
+    def __init__(self, store: Store, config: Config, sqs: SqsBackend | None = None) -> None:
         self.store = store
         self.config = config
         self.endpoint_url = ""
+        self.notifications = BucketNotifications(store, config, sqs)
 
     def start(self, cloud: LocalCloud) -> None:
         self.endpoint_url = cloud.endpoint_url
@@ -94,7 +98,20 @@ class S3Backend(Backend):
             for upload_id, doc in self.store.scan(UPLOAD_KIND):
                 if doc["bucket"] == name:
                     self._drop_upload(upload_id)
+            self.notifications.forget(name)
             self.store.delete(BUCKET_KIND, name)
+
+    def put_notification_configuration(
+        self, bucket: str, configuration: dict[str, Any], skip_destination_validation: bool = False
+    ) -> None:
+        """Replace the bucket's notification configuration (boto3's NotificationConfiguration)."""
+        with self.store.transaction():
+            region = self.bucket(bucket)["region"]
+            self.notifications.put(bucket, region, configuration, skip_destination_validation)
+
+    def notification_configuration(self, bucket: str) -> dict[str, Any]:
+        self.bucket(bucket)
+        return self.notifications.configuration(bucket)
 
     # objects
 
@@ -169,7 +186,7 @@ class S3Backend(Backend):
 
     def delete_object(self, bucket: str, key: str, if_match: str | None = None) -> None:
         """Delete the object; with ``if_match`` (S3's conditional delete) only if its ETag matches."""
-        self.bucket(bucket)
+        region = self.bucket(bucket)["region"]
         with self.store.transaction():
             doc = self.store.get(OBJECT_KIND, f"{bucket}/{key}")
             if if_match is not None:
@@ -180,6 +197,7 @@ class S3Backend(Backend):
             if doc is not None:
                 self.store.delete(OBJECT_KIND, f"{bucket}/{key}")
                 self.store.delete_blob(doc["blob"])  # unlinked once the delete is committed
+                self.notifications.object_removed(bucket, region, key)
 
     def copy_object(
         self,
@@ -208,7 +226,7 @@ class S3Backend(Backend):
         doc = {**source, "blob": blob, "modified": time.time()}
         if attributes is not None:
             doc.update(object_attributes(attributes))
-        return self._replace_object(bucket, key, doc)
+        return self._replace_object(bucket, key, doc, event="Copy")
 
     def list_objects(
         self,
@@ -263,10 +281,12 @@ class S3Backend(Backend):
         *,
         if_match: str | None = None,
         if_none_match: str | None = None,
+        event: str = "Put",
     ) -> dict[str, Any]:
+        """Make `doc` the object, in one transaction; `event` is the ObjectCreated event it sends."""
         try:
             with self.store.transaction():
-                self.bucket(bucket)  # it may have been deleted while the body was uploading
+                region = self.bucket(bucket)["region"]  # it may have been deleted while uploading
                 old = self.store.get(OBJECT_KIND, f"{bucket}/{key}")
                 if if_none_match == "*" and old is not None:
                     raise precondition_failed("If-None-Match")
@@ -275,6 +295,7 @@ class S3Backend(Backend):
                 self.store.put(OBJECT_KIND, f"{bucket}/{key}", doc)
                 if old is not None:
                     self.store.delete_blob(old["blob"])  # unlinked once the new document is committed
+                self.notifications.object_created(bucket, region, key, doc, event)
         except BaseException:
             self.store.delete_blob(doc["blob"])  # no committed document names it
             raise
@@ -404,7 +425,7 @@ class S3Backend(Backend):
             with self.store.transaction():
                 # A concurrent Complete or Abort may have won while the parts were being joined.
                 self.upload(bucket, key, upload_id)
-                doc = self._replace_object(bucket, key, doc)
+                doc = self._replace_object(bucket, key, doc, event="CompleteMultipartUpload")
                 self._drop_upload(upload_id)
         except BaseException:
             self.store.delete_blob(blob)

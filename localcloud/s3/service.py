@@ -6,6 +6,7 @@ import hashlib
 from typing import Any
 from urllib.parse import quote, quote_plus, unquote
 
+from localcloud.s3 import notifications
 from localcloud.s3.backend import Listing, S3Backend
 from localcloud.s3.bodies import Upload
 from localcloud.s3.utils import (
@@ -34,8 +35,17 @@ class S3Service(Service):
         "DeleteObjects": "DeleteResult",
         "CreateMultipartUpload": "InitiateMultipartUploadResult",
         "CompleteMultipartUpload": "CompleteMultipartUploadResult",
+        "GetBucketNotificationConfiguration": "NotificationConfiguration",
     }
     backend: S3Backend
+
+    def handle(self, request: Request) -> Response:
+        # The events a request causes name it (request id, client address), as S3's do.
+        token = notifications.REQUEST.set(notifications.origin_of(request))
+        try:
+            return super().handle(request)
+        finally:
+            notifications.REQUEST.reset(token)
 
     def request_too_large(self, limit: int) -> ServiceError:
         return ServiceError(
@@ -85,6 +95,23 @@ class S3Service(Service):
     def delete_bucket(self, params: dict[str, Any], request: Request) -> dict[str, Any]:
         self.backend.delete_bucket(params["Bucket"])
         return {}
+
+    @operation("PutBucketNotificationConfiguration")
+    def put_bucket_notification_configuration(
+        self, params: dict[str, Any], request: Request
+    ) -> dict[str, Any]:
+        self.backend.put_notification_configuration(
+            params["Bucket"],
+            params["NotificationConfiguration"],
+            params.get("SkipDestinationValidation", False),
+        )
+        return {}
+
+    @operation("GetBucketNotificationConfiguration")
+    def get_bucket_notification_configuration(
+        self, params: dict[str, Any], request: Request
+    ) -> dict[str, Any]:
+        return self.backend.notification_configuration(params["Bucket"])
 
     # objects
 
