@@ -8,13 +8,15 @@ Modelled on LocalStack's Chaos API (``/_localstack/chaos/faults``)::
 
 A rule matches a request when every field it names equals the request's: ``service`` and
 ``operation`` always, plus what the service offers (Lambda Invoke: ``function_name``, the
-``qualifier`` the caller used, the ``version`` that would execute). Rules live in memory only: a
-restart clears them. The endpoint sits behind the same front door as everything else, so only
-this machine can use it.
+``qualifier`` the caller used, the ``version`` that would execute; SNS Publish: ``topic_arn``).
+Rules live in memory only: a restart clears them. The endpoint sits behind the same front door as
+everything else, so only this machine can use it.
 
 What a matching request gets is the service's own failure, so clients see what they would see on
 AWS. Lambda Invoke: a function error (``FunctionError: Unhandled``, payload ``{"errorType",
-"errorMessage"}``), as if the handler had raised, without running it.
+"errorMessage"}``), as if the handler had raised, without running it. SNS Publish: SNS's 500
+``InternalError`` (``error_message`` its message), which boto3 retries and then raises as
+InternalErrorException, delivering nothing: SNS is down.
 """
 
 from __future__ import annotations
@@ -27,8 +29,15 @@ from localcloud.wire import Request, Response, ServiceError, json_response
 
 FAULTS_PATH = "/_localcloud/chaos/faults"
 # What a service lets a rule match on, besides service and operation.
-MATCH_FIELDS = {("lambda", "Invoke"): ("function_name", "qualifier", "version")}
-RESULT_FIELDS = ("error_type", "error_message")
+MATCH_FIELDS = {
+    ("lambda", "Invoke"): ("function_name", "qualifier", "version"),
+    ("sns", "Publish"): ("topic_arn",),
+}
+# What a rule may say about the failure; SNS's is always its InternalError, only the message varies.
+RESULT_FIELDS = {
+    ("lambda", "Invoke"): ("error_type", "error_message"),
+    ("sns", "Publish"): ("error_message",),
+}
 DEFAULT_ERROR_TYPE = "InjectedFault"
 MAX_RULES = 100
 
@@ -91,7 +100,7 @@ def _checked(rule: Any) -> dict[str, str]:
             "InvalidRequest",
             f"localcloud injects faults into {sorted(f'{s}:{o}' for s, o in MATCH_FIELDS)}, not {key}",
         )
-    allowed = {"service", "operation", *MATCH_FIELDS[key], *RESULT_FIELDS}
+    allowed = {"service", "operation", *MATCH_FIELDS[key], *RESULT_FIELDS[key]}
     unknown = sorted(set(rule) - allowed)
     if unknown:
         raise ServiceError(
@@ -99,4 +108,5 @@ def _checked(rule: Any) -> dict[str, str]:
         )
     if not all(isinstance(value, str) for value in rule.values()):
         raise ServiceError("InvalidRequest", "fault rule values are strings")
-    return {"error_type": DEFAULT_ERROR_TYPE, "error_message": "fault injected by localcloud", **rule}
+    defaults = {"error_type": DEFAULT_ERROR_TYPE} if "error_type" in RESULT_FIELDS[key] else {}
+    return {**defaults, "error_message": "fault injected by localcloud", **rule}
