@@ -28,6 +28,7 @@ from localcloud.s3 import S3Backend, S3Service
 from localcloud.sagemaker import SageMakerBackend, SageMakerService
 from localcloud.server import HttpServer, is_loopback
 from localcloud.service import Backend, Service
+from localcloud.sns import SnsBackend, SnsService
 from localcloud.sqs import SqsBackend, SqsService
 from localcloud.store import Store
 from localcloud.sts import StsService
@@ -57,6 +58,7 @@ class LocalCloud:
         self.sagemaker = SageMakerBackend(store, config, s3=self.s3, logs=self.logs)
         self.lambda_ = LambdaBackend(store, config, s3=self.s3, logs=self.logs, faults=self.faults)
         self.apigateway = ApiGatewayBackend(store, config, lambda_=self.lambda_)
+        self.sns = SnsBackend(store, config, sqs=self.sqs, faults=self.faults)
         self.services = [
             S3Service(self.s3, config),
             LogsService(self.logs, config),
@@ -65,6 +67,7 @@ class LocalCloud:
             ApiGatewayService(self.apigateway, config),
             StsService(None, config),
             SqsService(self.sqs, config),
+            SnsService(self.sns, config),
         ]
 
     @property
