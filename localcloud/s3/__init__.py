@@ -7,6 +7,7 @@ bodies.py      upload bodies (plain, HTTP-chunked, aws-chunked), size limits and
 backend.py     S3Backend: buckets, objects and multipart uploads on the durable store; the in-process API
 service.py     S3Service: the wire operations (rest-xml)
 utils.py       keys, ETags, stored attributes, ranges, conditional requests, continuation tokens
+notifications.py  bucket notification configurations, and the events they send to SQS after each write
 exceptions.py  the S3 errors more than one of them raises
 """
 
