@@ -10,7 +10,7 @@ locals {
 }
 
 data "aws_iam_policy_document" "airflow" {
-  # HeadBucket (the provider's input check) and ListObjectsV2 (lake, audit).
+  # HeadBucket (the provider's input check) and ListObjectsV2 (lake, audit, monitoring).
   statement {
     sid       = "ListPipelineBucket"
     actions   = ["s3:ListBucket"]
@@ -27,7 +27,7 @@ data "aws_iam_policy_document" "airflow" {
   statement {
     sid     = "WriteRunOutputs"
     actions = ["s3:PutObject"]
-    resources = [for prefix in ["quarantine", "snapshots", "code", "evaluations", "lambda", "audit"] :
+    resources = [for prefix in ["quarantine", "snapshots", "code", "evaluations", "lambda", "audit", "monitoring"] :
       "${aws_s3_bucket.pipeline.arn}/${local.prefixes[prefix]}*"
     ]
   }
@@ -95,6 +95,30 @@ data "aws_iam_policy_document" "airflow" {
       "lambda:UpdateFunctionCode",
     ]
     resources = [local.function_arn, "${local.function_arn}:*"]
+  }
+
+  # The asset watcher (triggerer) receives data events; a message that is not a new batch gets its
+  # visibility stretched per receive, so the redrive policy parks it in the dead-letter queue; the run
+  # deletes the messages of the events that started it (DeleteMessageBatch is sqs:DeleteMessage).
+  # Nothing on the dead-letter queue: the workers never read it, people inspect it.
+  statement {
+    sid       = "DataEvents"
+    actions   = ["sqs:ChangeMessageVisibility", "sqs:DeleteMessage", "sqs:ReceiveMessage"]
+    resources = [aws_sqs_queue.events.arn]
+  }
+
+  statement {
+    sid       = "PublishAlerts"
+    actions   = ["sns:Publish"]
+    resources = [aws_sns_topic.alerts.arn]
+  }
+
+  # Drift monitoring reads the serving function's request records from its log group. Most Logs
+  # actions are authorized on the group's ARN with a trailing ":*", so both spellings are listed.
+  statement {
+    sid       = "ReadServingLogs"
+    actions   = ["logs:FilterLogEvents"]
+    resources = [aws_cloudwatch_log_group.lambda.arn, "${aws_cloudwatch_log_group.lambda.arn}:*"]
   }
 }
 

@@ -21,6 +21,7 @@ locals {
     evaluations = "evaluations/"
     lambda      = "lambda/"
     audit       = "audit/"
+    monitoring  = "monitoring/"
   }
 
   # The SageMaker PyTorch training images live in AWS's Deep Learning Containers account.

@@ -19,8 +19,8 @@ resource "aws_cloudwatch_metric_alarm" "alias_errors" {
   threshold           = var.error_alarm_threshold
   comparison_operator = "GreaterThanOrEqualToThreshold"
   treat_missing_data  = "notBreaching"
-  alarm_actions       = var.alarm_actions
-  ok_actions          = var.alarm_actions
+  alarm_actions       = local.alarm_actions
+  ok_actions          = local.alarm_actions
 }
 
 resource "aws_cloudwatch_metric_alarm" "alias_latency" {
@@ -36,8 +36,8 @@ resource "aws_cloudwatch_metric_alarm" "alias_latency" {
   threshold           = var.latency_alarm_p99_ms
   comparison_operator = "GreaterThanThreshold"
   treat_missing_data  = "notBreaching"
-  alarm_actions       = var.alarm_actions
-  ok_actions          = var.alarm_actions
+  alarm_actions       = local.alarm_actions
+  ok_actions          = local.alarm_actions
 }
 
 # Shared by every training job in the account, so it is opt-in (or `terraform import` it).

@@ -40,6 +40,25 @@ output "model_package_group_arn" {
   value = aws_sagemaker_model_package_group.registry.arn
 }
 
+output "events_queue_url" {
+  description = "The data-events queue the asset watcher polls (S3 notifications of new batches)."
+  value       = aws_sqs_queue.events.url
+}
+
+output "events_queue_arn" {
+  value = aws_sqs_queue.events.arn
+}
+
+output "events_dlq_url" {
+  description = "Data events the watcher could not use: aws sqs receive-message --queue-url <this>."
+  value       = aws_sqs_queue.events_dlq.url
+}
+
+output "alerts_topic_arn" {
+  description = "Pipeline alerts (the DAG and the alarms publish here); subscribe with alert_email or aws sns subscribe."
+  value       = aws_sns_topic.alerts.arn
+}
+
 output "api_id" {
   value = aws_apigatewayv2_api.mnist.id
 }
@@ -65,6 +84,20 @@ output "airflow_variables" {
     mnist_lambda_alias        = aws_lambda_alias.live.name
     mnist_api_id              = aws_apigatewayv2_api.mnist.id
     mnist_model_package_group = aws_sagemaker_model_package_group.registry.model_package_group_name
+    mnist_events_queue_url    = aws_sqs_queue.events.url
+    mnist_alerts_topic_arn    = aws_sns_topic.alerts.arn
+  }
+}
+
+# The DAG's schedule is decided when the file is parsed, from the environment only (a parse must not
+# query Variables), so the data-events queue must reach the dag-processor and the scheduler as
+# MNIST_EVENTS_QUEUE_URL; without it the DAG runs on its cron alone. On MWAA: export these in the
+# startup script.
+output "airflow_environment" {
+  description = "Environment variables for every Airflow component (the same values as the Variables above)."
+  value = {
+    MNIST_EVENTS_QUEUE_URL = aws_sqs_queue.events.url
+    MNIST_ALERTS_TOPIC_ARN = aws_sns_topic.alerts.arn
   }
 }
 

@@ -118,7 +118,7 @@ variable "manage_sagemaker_log_group" {
 }
 
 variable "alarm_actions" {
-  description = "ARNs notified when an alarm fires or recovers (e.g. an SNS topic)."
+  description = "ARNs notified when an alarm fires or recovers, besides the alerts topic (alerts.tf)."
   type        = list(string)
   default     = []
 }
@@ -139,4 +139,26 @@ variable "airflow_role_name" {
   description = "IAM role of the Airflow workers (MWAA execution role or your own); null: only create the policy."
   type        = string
   default     = null
+}
+
+variable "events_max_receive_count" {
+  description = "Receives of a data-events message before SQS moves it to the dead-letter queue."
+  type        = number
+  default     = 5
+
+  validation {
+    condition     = var.events_max_receive_count >= 1 && var.events_max_receive_count <= 1000
+    error_message = "events_max_receive_count must be between 1 and 1000 (SQS's range for maxReceiveCount)."
+  }
+}
+
+variable "alert_email" {
+  description = "Email address subscribed to the alerts topic (it must confirm); empty: no subscription."
+  type        = string
+  default     = ""
+
+  validation {
+    condition     = var.alert_email == "" || can(regex("^[^@\\s]+@[^@\\s]+\\.[^@\\s]+$", var.alert_email))
+    error_message = "alert_email must be an email address like ops@example.com, or empty for no subscription."
+  }
 }
