@@ -14,7 +14,7 @@ place::
     data/quarantine/<run>/<batch>.npz (+ <batch>.report.json)
     snapshots/<run>/manifest.json (+ train.manifest)   snapshots/consumed.json
     code/sourcedir-<sha256>.tar.gz   training/   evaluations/<run>/   lambda/<sha256>.zip
-    audit/<run>.json
+    audit/<run>.json   monitoring/<run>.json
 
 ``<run>`` is :func:`run_key` of the DAG run id.
 """
@@ -63,6 +63,9 @@ class PipelineConfig:
     evaluations_prefix: str = "evaluations/"
     lambda_prefix: str = "lambda/"
     audit_prefix: str = "audit/"
+    monitoring_prefix: str = "monitoring/"
+    # The SNS topic alerts go to (mnist_pipeline.alerts); None: alerts are recorded, never sent.
+    alerts_topic_arn: str | None = None
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -85,6 +88,9 @@ class PipelineConfig:
 
     def audit_key(self, run_id: str) -> str:
         return f"{self.audit_prefix}{run_key(run_id)}.json"
+
+    def monitoring_key(self, run_id: str) -> str:
+        return f"{self.monitoring_prefix}{run_key(run_id)}.json"
 
     def sourcedir_key(self, sha256_hex: str) -> str:
         return f"{self.code_prefix}sourcedir-{sha256_hex}.tar.gz"
@@ -120,6 +126,7 @@ def run_key(run_id: str) -> str:
 _BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
 _REGION = re.compile(r"^[a-z]{2}(-[a-z]+)+-\d+$")
 _ROLE_ARN = re.compile(r"^arn:aws[a-z-]*:iam::\d{12}:role/\S+$")
+_TOPIC_ARN = re.compile(r"^arn:aws[a-z-]*:sns:[a-z0-9-]+:\d{12}:[A-Za-z0-9_-]{1,256}$")
 _INSTANCE_TYPE = re.compile(r"^ml\.[a-z0-9]+\.[a-z0-9]+$")
 _ALIAS = re.compile(r"^(?![0-9]+$)[A-Za-z0-9_-]{1,128}$")
 _FUNCTION_NAME = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
@@ -161,6 +168,7 @@ _CHECKS: dict[str, Callable[[str], str | None]] = {
     "instance_type": _matches(_INSTANCE_TYPE, "ml.m5.xlarge"),
     "schedule": _check_schedule,
     "reference_key": _check_key,
+    "alerts_topic_arn": _matches(_TOPIC_ARN, "arn:aws:sns:eu-west-1:123456789012:mnist-pipeline-alerts"),
 }
 
 
