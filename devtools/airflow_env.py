@@ -28,6 +28,7 @@ from devtools.layout import (
     say,
 )
 from devtools.processes import running_pid, start_process, wait_for_http
+from mnist_pipeline.events import QUEUE_URL_ENV
 
 # Inside the user namespace root runs PostgreSQL in: any unprivileged id (it maps back to the caller).
 _NAMESPACE_ID = 65534
@@ -42,8 +43,20 @@ def host_aws_variables(environ: Mapping[str, str]) -> list[str]:
     return [name for name in environ if name.startswith("AWS_")]
 
 
-def airflow_environment(layout: Layout, api_id: str | None, base: Mapping[str, str]) -> dict[str, str]:
-    """Airflow standalone's settings, the ``aws_default`` connection to localcloud, the Variables."""
+def airflow_environment(
+    layout: Layout,
+    api_id: str | None,
+    base: Mapping[str, str],
+    *,
+    events_queue_url: str | None = None,
+    alerts_topic_arn: str | None = None,
+) -> dict[str, str]:
+    """Airflow standalone's settings, the ``aws_default`` connection to localcloud, the Variables.
+
+    ``events_queue_url`` (localcloud's GetQueueUrl answer) becomes ``MNIST_EVENTS_QUEUE_URL``, read
+    when the DAG is parsed: with it the DAG also runs on new data. ``alerts_topic_arn`` becomes the
+    Variable ``mnist_alerts_topic_arn``.
+    """
     connection = {
         "conn_type": "aws",
         "login": "localcloud",
@@ -94,6 +107,10 @@ def airflow_environment(layout: Layout, api_id: str | None, base: Mapping[str, s
     )
     if api_id:
         env["AIRFLOW_VAR_MNIST_API_ID"] = api_id
+    if events_queue_url:
+        env[QUEUE_URL_ENV] = events_queue_url
+    if alerts_topic_arn:
+        env["AIRFLOW_VAR_MNIST_ALERTS_TOPIC_ARN"] = alerts_topic_arn
     return env
 
 
@@ -217,12 +234,16 @@ def start_postgres(layout: Layout) -> None:
     say(f"PostgreSQL started (Airflow's metadata database; socket in {socket_dir})")
 
 
-def start_airflow(layout: Layout, api_id: str) -> None:
+def start_airflow(
+    layout: Layout, api_id: str, *, events_queue_url: str | None = None, alerts_topic_arn: str | None = None
+) -> None:
     if running_pid(layout.run_dir, "airflow"):
         say(f"Airflow already running at {layout.airflow_url}")
         return
     first_start = not layout.passwords_file.exists()
-    env = airflow_environment(layout, api_id, os.environ)
+    env = airflow_environment(
+        layout, api_id, os.environ, events_queue_url=events_queue_url, alerts_topic_arn=alerts_topic_arn
+    )
     argv = [str(Path(sys.executable).parent / "airflow"), "standalone"]
     start_process(layout.run_dir, "airflow", argv, env, layout.run_dir / "airflow.log", layout.root)
     say("starting Airflow standalone (scheduler, dag-processor, triggerer, api-server) ...")

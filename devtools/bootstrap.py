@@ -15,6 +15,7 @@ same resources come from ``infra/terraform/``; this is for localcloud and for te
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import shutil
@@ -39,6 +40,7 @@ from devtools.processes import running_pid, start_process, wait_for_http
 from mnist_pipeline import s3io
 from mnist_pipeline.artifacts import source_package_dir
 from mnist_pipeline.config import PipelineConfig
+from mnist_pipeline.events import BATCH_SUFFIX
 from mnist_pipeline.lambda_zip import HANDLER, deterministic_zip
 from model_code.shards import SHARD_SUFFIX, read_shard
 
@@ -248,7 +250,18 @@ def bootstrap_demo(layout: Layout) -> dict:
         lambda_role_arn=LAMBDA_ROLE,
     )
     api = ensure_http_api(client(layout, "apigatewayv2"), result["function_arn"], config.lambda_alias)
-    return {**result, "api_id": api["ApiId"], "endpoint": api["ApiEndpoint"] + "/mnist"}
+    sqs = client(layout, "sqs")
+    queue_url, queue_arn = ensure_events_queue(sqs)
+    ensure_batch_notification(client(layout, "s3"), config, queue_arn)
+    topic_arn, inbox_url = ensure_alerts(client(layout, "sns"), sqs)
+    return {
+        **result,
+        "api_id": api["ApiId"],
+        "endpoint": api["ApiEndpoint"] + "/mnist",
+        "events_queue_url": queue_url,
+        "alerts_topic_arn": topic_arn,
+        "alerts_inbox_url": inbox_url,
+    }
 
 
 def require_localcloud(layout: Layout) -> None:
@@ -303,3 +316,108 @@ def start_localcloud(layout: Layout) -> None:
         process_alive=lambda: running_pid(layout.run_dir, "localcloud") is not None,
     )
     say(f"localcloud started at {layout.localcloud_url} (data in {layout.localcloud_dir})")
+
+
+# --- the closed loop: data events (S3 → SQS) and alerts (SNS → a local inbox queue) ---------------
+
+EVENTS_QUEUE = "mnist-data-events"
+EVENTS_DLQ = "mnist-data-events-dlq"
+EVENTS_MAX_RECEIVE_COUNT = 5
+NOTIFICATION_ID = "new-batches"
+ALERTS_TOPIC = "mnist-pipeline-alerts"
+ALERTS_INBOX = "mnist-alerts-inbox"
+
+
+def _ensure_queue(sqs, name: str, attributes: dict[str, str]) -> tuple[str, str]:
+    """Create the queue unless it exists (CreateQueue with the same attributes is a no-op, but an
+    existing queue with other attributes is an error, so look first); return (URL, ARN)."""
+    try:
+        url = sqs.get_queue_url(QueueName=name)["QueueUrl"]
+    except ClientError as error:
+        if error.response["Error"]["Code"] not in (
+            "AWS.SimpleQueueService.NonExistentQueue",
+            "QueueDoesNotExist",
+        ):
+            raise
+        url = sqs.create_queue(QueueName=name, Attributes=attributes)["QueueUrl"]
+        log.info("created queue %s", name)
+    arn = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
+    return url, arn
+
+
+def ensure_events_queue(sqs) -> tuple[str, str]:
+    """The data-events queue and its DLQ, as ``infra/terraform/events.tf`` makes them; (URL, ARN)."""
+    _, dlq_arn = _ensure_queue(sqs, EVENTS_DLQ, {"MessageRetentionPeriod": "1209600"})
+    redrive = json.dumps({"deadLetterTargetArn": dlq_arn, "maxReceiveCount": EVENTS_MAX_RECEIVE_COUNT})
+    return _ensure_queue(
+        sqs,
+        EVENTS_QUEUE,
+        {
+            "VisibilityTimeout": "600",
+            "MessageRetentionPeriod": "345600",
+            "ReceiveMessageWaitTimeSeconds": "20",
+            "RedrivePolicy": redrive,
+        },
+    )
+
+
+def ensure_batch_notification(s3, config: PipelineConfig, queue_arn: str) -> bool:
+    """The bucket's ``new-batches`` notification to the events queue; True when it was put.
+
+    A bucket has one notification configuration: other entries in it are kept, ours is replaced
+    only when it differs.
+    """
+    wanted = {
+        "Id": NOTIFICATION_ID,
+        "QueueArn": queue_arn,
+        "Events": ["s3:ObjectCreated:*"],
+        "Filter": {
+            "Key": {
+                "FilterRules": [
+                    {"Name": "Prefix", "Value": config.incoming_prefix},
+                    {"Name": "Suffix", "Value": BATCH_SUFFIX},
+                ]
+            }
+        },
+    }
+    current = s3.get_bucket_notification_configuration(Bucket=config.bucket)
+    current.pop("ResponseMetadata", None)
+    queues = current.get("QueueConfigurations", [])
+    ours = [entry for entry in queues if entry.get("Id") == NOTIFICATION_ID]
+
+    def normal(entry: dict) -> tuple:
+        rules = entry.get("Filter", {}).get("Key", {}).get("FilterRules", [])
+        return (
+            entry.get("QueueArn"),
+            tuple(entry.get("Events", [])),
+            tuple(sorted((rule["Name"].lower(), rule["Value"]) for rule in rules)),
+        )
+
+    if ours and normal(ours[0]) == normal(wanted):
+        return False
+    current["QueueConfigurations"] = [entry for entry in queues if entry.get("Id") != NOTIFICATION_ID] + [
+        wanted
+    ]
+    s3.put_bucket_notification_configuration(Bucket=config.bucket, NotificationConfiguration=current)
+    log.info("bucket %s: new batches under %s notify %s", config.bucket, config.incoming_prefix, queue_arn)
+    return True
+
+
+def ensure_alerts(sns, sqs) -> tuple[str, str]:
+    """The alerts topic and the local inbox queue subscribed to it; (topic ARN, inbox URL).
+
+    RawMessageDelivery stays off: SNS's envelope carries the Subject and the Timestamp, which is
+    what ``make alerts`` prints beside the message.
+    """
+    topic_arn = sns.create_topic(Name=ALERTS_TOPIC)["TopicArn"]  # idempotent by name
+    inbox_url, inbox_arn = _ensure_queue(sqs, ALERTS_INBOX, {})
+    subscribed = [
+        subscription
+        for page in sns.get_paginator("list_subscriptions_by_topic").paginate(TopicArn=topic_arn)
+        for subscription in page["Subscriptions"]
+        if subscription["Protocol"] == "sqs" and subscription["Endpoint"] == inbox_arn
+    ]
+    if not subscribed:
+        sns.subscribe(TopicArn=topic_arn, Protocol="sqs", Endpoint=inbox_arn)
+        log.info("subscribed %s to %s", ALERTS_INBOX, topic_arn)
+    return topic_arn, inbox_url

@@ -97,7 +97,12 @@ def start_stack(layout: Layout, mnist, plan=None) -> tuple[dict, Airflow]:
     infra = bootstrap_demo(layout)
     say(f"  uploaded {len(infra['uploaded'])} shards; endpoint {infra['endpoint']}")
     say("== Airflow")
-    start_airflow(layout, infra["api_id"])
+    start_airflow(
+        layout,
+        infra["api_id"],
+        events_queue_url=infra["events_queue_url"],
+        alerts_topic_arn=infra["alerts_topic_arn"],
+    )
     api = Airflow(layout.airflow_url, "admin", admin_password(layout))
     wait_for_dag(api)
     return infra, api

@@ -30,3 +30,12 @@ def test_airflow_environment_points_aws_default_at_localcloud_and_sets_every_req
         airflow_environment(layout, None, {})["AIRFLOW__API_AUTH__JWT_SECRET"]
         == env["AIRFLOW__API_AUTH__JWT_SECRET"]
     )
+
+
+def test_airflow_environment_carries_the_events_queue_and_the_alerts_topic(layout):
+    url = f"{layout.localcloud_url}/000000000000/mnist-data-events"
+    topic = "arn:aws:sns:us-east-1:000000000000:mnist-pipeline-alerts"
+    env = airflow_environment(layout, None, {}, events_queue_url=url, alerts_topic_arn=topic)
+    assert env["MNIST_EVENTS_QUEUE_URL"] == url
+    assert env["AIRFLOW_VAR_MNIST_ALERTS_TOPIC_ARN"] == topic
+    assert "MNIST_EVENTS_QUEUE_URL" not in airflow_environment(layout, None, {})
