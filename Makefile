@@ -11,7 +11,7 @@ PIP_VERSION := 26.3
 PYTEST_ARGS ?=
 ARGS ?=
 
-.PHONY: help install ui-assets lock data test test-fast chaos lint demo bench endpoint feed status down audit clean
+.PHONY: help install ui-assets lock data test test-fast chaos lint demo bench endpoint feed status down audit alerts clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -76,6 +76,9 @@ down: $(STAMP)  ## stop what make demo started (only those processes)
 
 audit: $(STAMP)  ## print the audit of the demo's runs (make audit ARGS=--json for JSON)
 	@$(PY) -m devtools audit $(ARGS)
+
+alerts: $(STAMP)  ## print the alerts the pipeline published (kept in .run/alerts.jsonl)
+	@$(PY) -m devtools alerts
 
 clean:  ## remove caches and runtime state (keeps .venv and the MNIST cache)
 	rm -rf .pytest_cache .ruff_cache test-artifacts .localcloud .airflow .run

@@ -40,6 +40,8 @@ from devtools.airflow_env import (
     wait_for_dag,
 )
 from devtools.bootstrap import (
+    ALERTS_INBOX,
+    ALERTS_TOPIC,
     bootstrap_demo,
     client,
     feed_next_batch,
@@ -96,6 +98,8 @@ def start_stack(layout: Layout, mnist, plan=None) -> tuple[dict, Airflow]:
     say("== bootstrap: bucket, lake, reference, Lambda function, model package group, HTTP API")
     infra = bootstrap_demo(layout)
     say(f"  uploaded {len(infra['uploaded'])} shards; endpoint {infra['endpoint']}")
+    say(f"  new batches in s3://{BUCKET}/data/incoming/ start a run by themselves: try `make feed`")
+    say(f"  alerts go to the topic {infra['alerts_topic_arn']}; `make alerts` prints them")
     say("== Airflow")
     start_airflow(
         layout,
@@ -193,9 +197,39 @@ def audit(layout: Layout, audit_args: list[str]) -> int:
     return subprocess.run(argv, env=env, cwd=layout.root, check=False).returncode
 
 
+def alerts(layout: Layout) -> int:
+    """Every alert the demo's inbox received, oldest first: new ones are moved from the queue
+    (received, appended to ``.run/alerts.jsonl``, then deleted), so running it twice shows the
+    same history plus what arrived since."""
+    require_localcloud(layout)
+    sqs = client(layout, "sqs")
+    try:
+        inbox = sqs.get_queue_url(QueueName=ALERTS_INBOX)["QueueUrl"]
+    except sqs.exceptions.QueueDoesNotExist:
+        raise DemoError(f"no queue {ALERTS_INBOX!r} in localcloud; run `make demo`") from None
+    log_path = layout.run_dir / "alerts.jsonl"
+    while messages := sqs.receive_message(
+        QueueUrl=inbox, MaxNumberOfMessages=10, WaitTimeSeconds=1, VisibilityTimeout=30
+    ).get("Messages", []):
+        with log_path.open("a") as log_file:
+            for message in messages:
+                envelope = json.loads(message["Body"])  # SNS's envelope (RawMessageDelivery off)
+                record = {key: envelope.get(key) for key in ("Timestamp", "Subject", "Message")}
+                log_file.write(json.dumps(record) + "\n")
+        for message in messages:  # deleted only once written
+            sqs.delete_message(QueueUrl=inbox, ReceiptHandle=message["ReceiptHandle"])
+    records = [json.loads(line) for line in log_path.read_text().splitlines()] if log_path.exists() else []
+    if not records:
+        say(f"no alerts yet (topic {ALERTS_TOPIC}, inbox {ALERTS_INBOX})")
+    for record in records:
+        say(f"{record['Timestamp']}  {record['Subject'] or '(no subject)'}")
+        say(f"  {record['Message']}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m devtools", description=__doc__.split("\n\n")[0])
-    parser.add_argument("command", choices=["up", "endpoint", "feed", "status", "down", "audit"])
+    parser.add_argument("command", choices=["up", "endpoint", "feed", "status", "down", "audit", "alerts"])
     parser.add_argument("--root", type=Path, default=Path.cwd(), help="the project directory (default: .)")
     # audit passes the rest to the audit view (--json, --limit N, --airflow-url URL)
     args, rest = parser.parse_known_args(argv)
@@ -210,6 +244,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "endpoint":
             say(find_endpoint(layout))
             return 0
+        if args.command == "alerts":
+            return alerts(layout)
         if args.command == "feed":
             say(f"fed s3://{BUCKET}/{feed_next_batch(layout)}")
             return 0

@@ -154,3 +154,19 @@ def test_audit_says_to_start_the_demo_when_localcloud_is_down(layout, capsys):
 def test_only_audit_takes_the_audit_views_options(layout):
     with pytest.raises(SystemExit):
         main(["status", "--json", "--root", str(layout.root)])
+
+
+def test_alerts_prints_what_the_topic_delivered_and_keeps_it(running_localcloud, capsys):
+    from devtools.bootstrap import ensure_alerts
+    from devtools.cli import alerts
+
+    layout = running_localcloud
+    sqs, sns = client(layout, "sqs"), client(layout, "sns")
+    topic_arn, _ = ensure_alerts(sns, sqs)
+    assert alerts(layout) == 0
+    assert "no alerts yet" in capsys.readouterr().out
+    sns.publish(TopicArn=topic_arn, Subject="mnist_retraining: rolled_back", Message="canary failed")
+    for _ in range(2):  # a second look shows the same history
+        assert alerts(layout) == 0
+        out = capsys.readouterr().out
+        assert "mnist_retraining: rolled_back" in out and "canary failed" in out
