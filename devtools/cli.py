@@ -141,7 +141,7 @@ def up(layout: Layout) -> int:
     say("")
     say(f"Airflow UI:   {layout.airflow_url}  (user admin; password in {layout.passwords_file})")
     say(f"Endpoint:     {infra['endpoint']}  (make endpoint)")
-    say("New data:     make feed, then trigger mnist_retraining in the UI (or make demo again)")
+    say("New data:     make feed (its event starts a run by itself)   Alerts: make alerts")
     say("Stop:         make down      What runs: make status")
     say(f"make demo took {time.monotonic() - started:.0f} s")
     return 0 if set(finished.values()) == {"success"} and right else 1
@@ -197,6 +197,43 @@ def audit(layout: Layout, audit_args: list[str]) -> int:
     return subprocess.run(argv, env=env, cwd=layout.root, check=False).returncode
 
 
+def wait_for_data_run(api: Airflow, since: str, timeout_s: float = 60, poll_s: float = 1.0) -> dict:
+    """The first ``asset_triggered`` run of the DAG whose run_after is ``since`` (ISO 8601) or later."""
+    deadline = time.monotonic() + timeout_s
+    query = f"run_type=asset_triggered&run_after_gte={_quote(since)}&order_by=run_after&limit=1"
+    while time.monotonic() < deadline:
+        runs = api._request("GET", f"/api/v2/dags/{DAG_ID}/dagRuns?{query}")["dag_runs"]
+        if runs:
+            return runs[0]
+        time.sleep(poll_s)
+    raise DemoError(
+        f"no run started by the new data within {timeout_s:.0f} s. Check the triggerer's log "
+        f"(.run/airflow.log and {{AIRFLOW_HOME}}/logs), the queue mnist-data-events in localcloud, and that "
+        "Airflow was started with MNIST_EVENTS_QUEUE_URL (make down, then make demo)"
+    )
+
+
+def feed(layout: Layout, *, wait: bool = True) -> int:
+    """Drop the next nightly batch into incoming/; then wait for the run the data event starts by
+    itself (no trigger) and follow it to its end."""
+    from datetime import UTC, datetime, timedelta
+
+    since = (datetime.now(UTC) - timedelta(seconds=1)).isoformat()
+    started = time.monotonic()
+    say(f"fed s3://{BUCKET}/{feed_next_batch(layout)}")
+    if not wait:
+        return 0
+    api = Airflow(layout.airflow_url, "admin", admin_password(layout))
+    say("waiting for the run that the new data starts (up to 60 s) ...")
+    run = wait_for_data_run(api, since)
+    say(
+        f"run {run['dag_run_id']} started by the new data after {time.monotonic() - started:.1f} s "
+        "(no manual trigger)"
+    )
+    finished = follow_run(api, run["dag_run_id"], TrainingLog(client(layout, "logs")))
+    return 0 if finished.get(run["dag_run_id"]) == "success" else 1
+
+
 def alerts(layout: Layout) -> int:
     """Every alert the demo's inbox received, oldest first: new ones are moved from the queue
     (received, appended to ``.run/alerts.jsonl``, then deleted), so running it twice shows the
@@ -233,7 +270,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--root", type=Path, default=Path.cwd(), help="the project directory (default: .)")
     # audit passes the rest to the audit view (--json, --limit N, --airflow-url URL)
     args, rest = parser.parse_known_args(argv)
-    if rest and args.command != "audit":
+    if rest and args.command != "audit" and not (args.command == "feed" and rest == ["--no-wait"]):
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
     try:
         layout = Layout.from_env(args.root)
@@ -247,8 +284,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "alerts":
             return alerts(layout)
         if args.command == "feed":
-            say(f"fed s3://{BUCKET}/{feed_next_batch(layout)}")
-            return 0
+            return feed(layout, wait="--no-wait" not in rest)
         return status(layout) if args.command == "status" else down(layout)
     except DemoError as error:
         print(f"demo: {error}", file=sys.stderr)
