@@ -1,7 +1,7 @@
 """`make demo` and its companions: the whole pipeline on this machine, in one command.
 
-``python -m devtools up|endpoint|feed|status|down|audit`` (the Makefile's demo, endpoint, feed,
-status, down and audit targets):
+``python -m devtools up|endpoint|feed|status|down|audit|alerts`` (the Makefile's targets of the
+same names; ``up`` is ``make demo``):
 
 - **up**: fetch MNIST, start PostgreSQL (Airflow's metadata database, on a unix socket only),
   localcloud and Airflow standalone (loopback only, state in ``.localcloud/`` and ``.airflow/``),
@@ -10,7 +10,9 @@ status, down and audit targets):
   follow it to its end, then ask the endpoint about a real test digit with curl. Exit 0 only when
   the run succeeded and the endpoint answered with the right digit.
 - **endpoint**: the endpoint URL, on one line.
-- **feed**: put the next nightly batch into ``incoming/``, so the next run has new data.
+- **feed**: put the next nightly batch into ``incoming/``; its S3 notification starts a run by
+  itself (the asset watcher), which ``feed`` waits for (60 s) and follows (``--no-wait``: don't).
+- **alerts**: every alert the topic delivered to the local inbox, kept in ``.run/alerts.jsonl``.
 - **status**: which of the processes ``up`` started still run, and where.
 - **down**: stop exactly those processes (their process groups, by the ids in ``.run/``).
 - **audit**: the audit table of the demo's runs (``mnist_pipeline.audit_view`` with the demo's
