@@ -28,7 +28,10 @@ from devtools.layout import (
     say,
 )
 from devtools.processes import running_pid, start_process, wait_for_http
-from mnist_pipeline.events import QUEUE_URL_ENV
+
+# mnist_pipeline.events.QUEUE_URL_ENV, spelled out: importing events would import Airflow before the
+# demo (or the tests' Airflow fixture) has set AIRFLOW_HOME.
+EVENTS_QUEUE_URL_ENV = "MNIST_EVENTS_QUEUE_URL"
 
 # Inside the user namespace root runs PostgreSQL in: any unprivileged id (it maps back to the caller).
 _NAMESPACE_ID = 65534
@@ -108,7 +111,7 @@ def airflow_environment(
     if api_id:
         env["AIRFLOW_VAR_MNIST_API_ID"] = api_id
     if events_queue_url:
-        env[QUEUE_URL_ENV] = events_queue_url
+        env[EVENTS_QUEUE_URL_ENV] = events_queue_url
     if alerts_topic_arn:
         env["AIRFLOW_VAR_MNIST_ALERTS_TOPIC_ARN"] = alerts_topic_arn
     return env

@@ -40,7 +40,6 @@ from devtools.processes import running_pid, start_process, wait_for_http
 from mnist_pipeline import s3io
 from mnist_pipeline.artifacts import source_package_dir
 from mnist_pipeline.config import PipelineConfig
-from mnist_pipeline.events import BATCH_SUFFIX
 from mnist_pipeline.lambda_zip import HANDLER, deterministic_zip
 from model_code.shards import SHARD_SUFFIX, read_shard
 
@@ -375,7 +374,7 @@ def ensure_batch_notification(s3, config: PipelineConfig, queue_arn: str) -> boo
             "Key": {
                 "FilterRules": [
                     {"Name": "Prefix", "Value": config.incoming_prefix},
-                    {"Name": "Suffix", "Value": BATCH_SUFFIX},
+                    {"Name": "Suffix", "Value": SHARD_SUFFIX},
                 ]
             }
         },

@@ -47,3 +47,27 @@ def test_new_batches_notify_the_events_queue_and_bootstrapping_twice_changes_not
     assert ensure_alerts(sns, sqs) == (topic_arn, inbox_url)
     assert len(sns.list_subscriptions_by_topic(TopicArn=topic_arn)["Subscriptions"]) == 1
     assert inbox_url.endswith(ALERTS_INBOX)
+
+
+def test_the_demo_tools_import_no_airflow():
+    """The test suite's Airflow fixture must set AIRFLOW_HOME before Airflow is first imported, and the
+    demo's CLI runs before Airflow exists: devtools imports none of it (mnist_pipeline.events does)."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    code = "import sys, devtools.cli, devtools.bootstrap; print('airflow.configuration' in sys.modules)"
+    env = {**os.environ, "PYTHONPATH": f"{root}{os.pathsep}{root / 'plugins'}"}
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, cwd=root)
+    assert result.stdout.strip() == "False", result.stderr
+
+
+def test_the_demo_spells_the_watchers_names_as_it_does():
+    from devtools.airflow_env import EVENTS_QUEUE_URL_ENV
+    from mnist_pipeline.events import BATCH_SUFFIX, QUEUE_URL_ENV
+    from model_code.shards import SHARD_SUFFIX
+
+    assert SHARD_SUFFIX == BATCH_SUFFIX
+    assert EVENTS_QUEUE_URL_ENV == QUEUE_URL_ENV
