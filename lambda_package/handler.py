@@ -43,7 +43,8 @@ output and says whether it holds ``"logits"`` (the default; softmax is applied h
 ``"probabilities"``.
 
 Every request writes one JSON line to stdout: request id, status, latency, predictions or error
-code, function version. Never pixel data.
+code, function version, and for an answered request the model sha and, per image, the features
+the drift monitor compares with the training data (``feature_record``). Never pixel data.
 """
 
 import base64
@@ -181,6 +182,7 @@ def handler(event, context):
         payload["model"] = MODEL.info
         response = _response(200, payload)
         log.update(status=200, images=len(predictions), predictions=predictions)
+        log.update(features=feature_record(pixels, probabilities), model_sha256=MODEL.info["model_sha256"])
     except ClientError as error:
         response = _response(
             error.status, {"error": {"code": error.code, "message": error.message}}, error.headers
@@ -191,6 +193,17 @@ def handler(event, context):
         raise
     _log_line(log, started)
     return response
+
+
+def feature_record(pixels: np.ndarray, probabilities: np.ndarray) -> dict:
+    """What the drift monitor (mnist_pipeline.monitor) reads of each image, never its pixels: the
+    confidence (the top probability), the mean intensity (0..255) and the share of nonzero pixels,
+    defined as data_checks' ``pixel_mean`` and ``nonzero_fraction``, as parallel lists."""
+    return {
+        "confidence": np.round(probabilities.max(axis=1), 4).tolist(),
+        "pixel_mean": np.round(pixels.mean(axis=1, dtype=np.float64), 3).tolist(),
+        "nonzero_fraction": np.round(np.count_nonzero(pixels, axis=1) / PIXELS, 4).tolist(),
+    }
 
 
 def _response(status: int, payload: dict, headers: dict | None = None) -> dict:
