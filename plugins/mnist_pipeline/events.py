@@ -154,6 +154,12 @@ class DataEventsTrigger(SqsSensorTrigger):
         for message in messages:
             kind, detail = parse_notification(message.get("Body", ""), self.incoming_prefix)
             if kind == "batches":
+                # Received again within the burst (its visibility ended): one entry, with the newest
+                # receipt handle, the only one that can still delete it.
+                again = next((seen for seen in found if seen["message_id"] == message["MessageId"]), None)
+                if again is not None:
+                    again["receipt_handle"] = message["ReceiptHandle"]
+                    continue
                 found.append(
                     {
                         "message_id": message["MessageId"],
