@@ -106,6 +106,20 @@ data "aws_iam_policy_document" "airflow" {
     actions   = ["sqs:ChangeMessageVisibility", "sqs:DeleteMessage", "sqs:ReceiveMessage"]
     resources = [aws_sqs_queue.events.arn]
   }
+
+  statement {
+    sid       = "PublishAlerts"
+    actions   = ["sns:Publish"]
+    resources = [aws_sns_topic.alerts.arn]
+  }
+
+  # Drift monitoring reads the serving function's request records from its log group. Most Logs
+  # actions are authorized on the group's ARN with a trailing ":*", so both spellings are listed.
+  statement {
+    sid       = "ReadServingLogs"
+    actions   = ["logs:FilterLogEvents"]
+    resources = [aws_cloudwatch_log_group.lambda.arn, "${aws_cloudwatch_log_group.lambda.arn}:*"]
+  }
 }
 
 resource "aws_iam_policy" "airflow" {

@@ -241,6 +241,19 @@ def test_the_workers_use_the_events_queue_only_as_its_consumer(defaults):
     assert not [s for s in statements if DLQ_ARN in s["Resource"]], "the workers never touch the DLQ"
 
 
+def test_the_workers_publish_only_to_the_alerts_topic(defaults):
+    statements = policy(defaults["outputs"]["airflow_policy_json"])
+    sns = granting(statements, "sns:")
+    assert [(s["Action"], s["Resource"]) for s in sns] == [(["sns:Publish"], [TOPIC_ARN])]
+
+
+def test_the_workers_read_only_the_serving_functions_log_group(defaults):
+    statements = policy(defaults["outputs"]["airflow_policy_json"])
+    logs = granting(statements, "logs:")
+    assert {action for s in logs for action in s["Action"]} == {"logs:FilterLogEvents"}
+    assert {resource for s in logs for resource in s["Resource"]} <= {LOG_GROUP_ARN, f"{LOG_GROUP_ARN}:*"}
+
+
 def test_the_workers_write_monitoring_records_but_delete_only_incoming_batches(defaults):
     statements = policy(defaults["outputs"]["airflow_policy_json"])
     writes = {r for s in statements if "s3:PutObject" in s["Action"] for r in s["Resource"]}
