@@ -17,7 +17,18 @@ from pathlib import Path
 
 from benchmarks.harness import machine, markdown_table
 
-SECTIONS = ["training", "data_checks", "localcloud", "sqs", "inference", "load", "parse", "pipeline", "demo"]
+SECTIONS = [
+    "training",
+    "data_checks",
+    "monitor",
+    "localcloud",
+    "sqs",
+    "inference",
+    "load",
+    "parse",
+    "pipeline",
+    "demo",
+]
 RESULTS = Path(__file__).parent / "results"
 
 
