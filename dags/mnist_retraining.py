@@ -12,6 +12,13 @@ with it, and task ids and XCom keys come from `mnist_pipeline.names`.
    the champion. Terraform's first version is marked as the placeholder (its description), so a
    first deployment on AWS is not blocked.
 
+   **monitor_traffic** (`mnist_pipeline.monitor`): the live alias's traffic since the last run,
+   read from its CloudWatch log records (one compact feature record per request: prediction,
+   confidence, mean intensity, nonzero fraction, model sha; never pixels), compared with the
+   training reference of `data_checks/` → `monitoring/<run>.json`. Drift beyond the `drift_*`
+   Params forces a retrain even without new batches (the audit says "drift_triggered"), so the
+   champion is re-evaluated on fresh data, and sends an alert.
+
 1. **data** (`mnist_pipeline.data`): find the incoming batches (`data/incoming/batch-NNNN.npz`)
    that no deployed run consumed (a run cleared after it deployed finds its own batches again,
    and repeats itself); validate each (Great Expectations, `data_checks/` against
@@ -70,6 +77,19 @@ with it, and task ids and XCom keys come from `mnist_pipeline.names`.
    evaluation, gate decision, package, Lambda version, alias before/after, outcome, error).
    `conclude_run` then fails the run if it failed.
 
+When it runs (`mnist_pipeline.events`): the nightly cron, **or** new data. S3 notifications of
+new batches in `data/incoming/` go to an SQS queue, and an asset watcher in the triggerer turns
+them into asset events on `mnist_incoming_batches`; with `max_active_runs=1`, events arriving
+while a run is in progress start one run after it, and the data step takes every batch no run
+consumed. The run's data step deletes the messages of the events that started it. With no
+`MNIST_EVENTS_QUEUE_URL` at parse time, the cron alone. Runs nobody fills the form for take the
+Params' defaults, or `MNIST_RUN_DEFAULTS` (JSON) where set.
+
+Alerts (`mnist_pipeline.alerts`): a failed, rolled-back or rejected run, and drift, publish one
+message to the SNS topic `mnist_alerts_topic_arn` (the provider's `SnsNotifier`), sent by the
+audit step, which records whether it went out; an audit that cannot be written alerts from its
+failure callback.
+
 Settings: Airflow Variables `mnist_*` or environment `MNIST_*` (see `mnist_pipeline.config`), and
 the connection `aws_default`, which alone decides whether this talks to AWS or to localcloud.
 """
@@ -79,14 +99,22 @@ from __future__ import annotations
 import datetime as dt
 
 from airflow.providers.amazon.aws.hooks.lambda_function import LambdaHook
+from airflow.providers.amazon.aws.hooks.logs import AwsLogsHook
 from airflow.providers.amazon.aws.hooks.s3 import S3Hook
 from airflow.providers.amazon.aws.hooks.sagemaker import SageMakerHook
+from airflow.providers.amazon.aws.hooks.sqs import SqsHook
 from airflow.providers.amazon.aws.sensors.sagemaker import SageMakerTrainingSensor
 from airflow.sdk import DAG, Param, TaskGroup, task
 from airflow.task.trigger_rule import TriggerRule
 
-from mnist_pipeline import audit, data, deploy, evaluate, gate, live_alias, train
-from mnist_pipeline.config import PipelineConfig, dag_schedule, load_config, training_poke_interval
+from mnist_pipeline import alerts, audit, data, deploy, evaluate, events, gate, live_alias, monitor, train
+from mnist_pipeline.config import (
+    PipelineConfig,
+    dag_schedule,
+    load_config,
+    training_poke_interval,
+    with_run_defaults,
+)
 from mnist_pipeline.gate import DeploymentApprovalOperator
 from mnist_pipeline.names import TASK_IDS as IDS
 from mnist_pipeline.names import VERDICT_KEY, pull, task_name
@@ -127,7 +155,13 @@ def setting(name: str) -> str:
 def aws(settings: dict, *services: str) -> tuple:
     """The run's settings as a ``PipelineConfig``, then boto3 clients through the aws_default
     connection (AWS or localcloud: the connection decides), one per service named."""
-    hooks = {"s3": S3Hook, "lambda": LambdaHook, "sagemaker": SageMakerHook}
+    hooks = {
+        "s3": S3Hook,
+        "lambda": LambdaHook,
+        "sagemaker": SageMakerHook,
+        "sqs": SqsHook,
+        "logs": AwsLogsHook,
+    }
     return (
         PipelineConfig(**settings),
         *(hooks[service](aws_conn_id=AWS_CONN_ID).conn for service in services),
@@ -174,14 +208,27 @@ params = {
     "max_train_samples": Param(
         0, type="integer", minimum=0, description="Quick trial: train on this many images; 0: all."
     ),
+    # Live-traffic drift: what the monitor_traffic step calls drift (see mnist_pipeline.monitor).
+    **{
+        name: Param(
+            spec["default"],
+            type=spec["type"],
+            minimum=spec["minimum"],
+            maximum=spec["maximum"],
+            description=spec["description"],
+        )
+        for name, spec in monitor.DRIFT_PARAMS.items()
+    },
 }
+params = with_run_defaults(params)
 
 
 with DAG(
     dag_id="mnist_retraining",
     description="Nightly MNIST retraining: validate, train, evaluate, gate, deploy to Lambda, audit.",
     doc_md=__doc__,
-    schedule=dag_schedule(),
+    # The nightly cron, or new data in data/incoming/ when a data-events queue is configured.
+    schedule=events.schedule(dag_schedule(), aws_conn_id=AWS_CONN_ID),
     start_date=dt.datetime(2025, 1, 1, tzinfo=dt.UTC),
     catchup=False,
     max_active_runs=1,
@@ -205,12 +252,26 @@ with DAG(
 
     live = check_live_alias(settings)
 
+    @task(task_id=task_name("monitoring"))
+    def monitor_traffic(settings: dict, live: dict, run_id: str | None = None, params: dict | None = None):
+        """Live traffic since the last run against the training reference: drift forces a retrain."""
+        config, logs, s3 = aws(settings, "logs", "s3")
+        thresholds = monitor.thresholds_from_params(params)
+        return monitor.monitor_traffic(logs, s3, config, run_id=run_id, live=live, thresholds=thresholds)
+
+    monitoring = monitor_traffic(settings, live)
+
     with TaskGroup("data", tooltip="Find, validate and snapshot the data", doc_md=step_doc("data")):
 
         @task(task_id=task_name("discovery"))
-        def find_new_batches(settings: dict, run_id: str | None = None) -> dict:
-            config, s3 = aws(settings, "s3")
-            return data.find_new_batches(s3, config, run_id)
+        def find_new_batches(settings: dict, run_id: str | None = None, triggering_asset_events=None) -> dict:
+            config, s3, sqs = aws(settings, "s3", "sqs")
+            found = data.find_new_batches(s3, config, run_id)
+            # The data events that started this run are recorded (this run exists): delete them.
+            return {
+                **found,
+                "events": events.acknowledge(sqs, events.triggering_events(triggering_asset_events)),
+            }
 
         @task(task_id=task_name("validation"))
         def validate_data(settings: dict, discovery: dict, run_id: str | None = None) -> dict:
@@ -218,8 +279,8 @@ with DAG(
             return data.validate_batches(s3, config, run_id, discovery["new"])
 
         @task.short_circuit(task_id=task_name("new_data"), ignore_downstream_trigger_rules=False)
-        def check_for_new_data(checked: dict, params: dict | None = None) -> bool:
-            return data.has_work(checked, params["force_retrain"])
+        def check_for_new_data(checked: dict, monitoring: dict, params: dict | None = None) -> bool:
+            return data.has_work(checked, params["force_retrain"], drift=monitoring["drift"])
 
         @task(task_id=task_name("snapshot"), multiple_outputs=True)
         def snapshot_data(settings: dict, checked: dict, run_id: str | None = None) -> dict:
@@ -228,7 +289,7 @@ with DAG(
 
         checked = validate_data(settings, find_new_batches(settings))
         snapshot = snapshot_data(settings, checked)
-        check_for_new_data(checked) >> snapshot
+        check_for_new_data(checked, monitoring) >> snapshot
 
     with TaskGroup("train", tooltip="Train on SageMaker", doc_md=step_doc("train")):
 
@@ -475,11 +536,17 @@ with DAG(
 
     with TaskGroup("audit", tooltip="Record what happened", doc_md=step_doc("audit")):
 
-        @task(task_id=task_name("audit"), trigger_rule=TriggerRule.ALL_DONE)
+        @task(
+            task_id=task_name("audit"),
+            trigger_rule=TriggerRule.ALL_DONE,
+            on_failure_callback=alerts.on_audit_failure,
+        )
         def record_audit(ti=None, dag_run=None, params: dict | None = None) -> dict:
             # Settings read afresh rather than from load_settings, which may be what failed.
             config, s3, sm = aws(load_config().as_dict(), "s3", "sagemaker")
             record = audit.audit_record(ti, dag_run, params, sm)
+            earlier = audit.read_audit_if_any(s3, config, record["run"]["run_id"])
+            record["alert"] = alerts.alert_once(record, earlier, config, aws_conn_id=AWS_CONN_ID)
             recorded = audit.record_run(s3, config, record, consumed_batches=pull(ti, "consumed"))
             return {**recorded, "error": record["result"]["error"]}
 

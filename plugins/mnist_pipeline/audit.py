@@ -4,12 +4,17 @@ Built from plain inputs (the DAG run and the XCom results of the tasks that ran)
 tested without Airflow. Sections::
 
     run         run id, logical date, trigger (scheduled/manual and who), params
+    trigger     why the run ran: schedule, manual or asset (new data, with the object keys the
+                events named), and whether drift forced the retrain
+    monitoring  live traffic since the last run against the training reference (monitor_traffic)
     live_alias  where the alias pointed at the start, the champion, what blocked a deployment
     data        batches accepted and quarantined (with reasons), the snapshot
     training    job name, status, failure reason, duration, billable seconds, metrics
     decision    evaluation (candidate and champion), gate decision and reasons, model package
     deployment  Lambda version, smoke test, alias before/after, canary, rollback
     result      outcome, failed tasks, error
+    alert       whether the run wanted an alert (failed, rolled back, rejected, drift), and
+                whether it was sent (SNS)
 
 A section whose tasks did not run is ``null``. The key is :func:`mnist_pipeline.config.run_key`
 of the run id; the raw run id is inside the document (``run.run_id``).
@@ -195,6 +200,24 @@ def decide_outcome(
     return "deployed"
 
 
+# Airflow's run types, as the audit names them.
+TRIGGER_KINDS = {"scheduled": "schedule", "manual": "manual", "asset_triggered": "asset"}
+
+
+def trigger_section(
+    run: Mapping, discovery: Mapping | None, monitoring: Mapping | None, *, new_batches: bool, forced: bool
+) -> dict:
+    """Why the run ran: its kind (schedule, manual, asset), the keys its data events named, and
+    whether drift alone made it train (no new batch, no force_retrain)."""
+    run_type = (run.get("trigger") or {}).get("type")
+    drift = bool((monitoring or {}).get("drift"))
+    return {
+        "kind": TRIGGER_KINDS.get(run_type, run_type),
+        "object_keys": list(((discovery or {}).get("events") or {}).get("object_keys") or []),
+        "drift_triggered": drift and not new_batches and not forced,
+    }
+
+
 def result_section(outcome: str, *, failed_tasks: Iterable[str] = (), error: str | None = None) -> dict:
     if outcome not in OUTCOMES:
         raise ValueError(f"outcome must be one of {OUTCOMES}, got {outcome!r}")
@@ -210,6 +233,9 @@ def build_audit_record(
     decision: dict | None = None,
     deployment: dict | None = None,
     live_alias: dict | None = None,
+    trigger: dict | None = None,
+    monitoring: dict | None = None,
+    alert: dict | None = None,
     written_at: dt.datetime | None = None,
 ) -> dict:
     """The audit document from its sections (see the module docstring)."""
@@ -217,12 +243,15 @@ def build_audit_record(
         "schema_version": SCHEMA_VERSION,
         "written_at": _iso(written_at or dt.datetime.now(dt.UTC)),
         "run": run,
+        "trigger": trigger,
+        "monitoring": monitoring,
         "live_alias": live_alias,
         "data": data,
         "training": training,
         "decision": decision,
         "deployment": deployment,
         "result": result,
+        "alert": alert,
     }
 
 
@@ -251,6 +280,11 @@ def record_run(
 
 def read_audit(s3, config: PipelineConfig, run_id: str) -> dict:
     return s3io.get_json(s3, config.bucket, config.audit_key(run_id))
+
+
+def read_audit_if_any(s3, config: PipelineConfig, run_id: str) -> dict | None:
+    """This run's record written by an earlier try of the audit step, or None."""
+    return s3io.get_json(s3, config.bucket, config.audit_key(run_id), default=None)
 
 
 def list_audits(s3, config: PipelineConfig, limit: int | None = None) -> list[dict]:
@@ -283,6 +317,9 @@ def summarize(record: dict) -> dict:
         "accuracy": (decision.get("candidate") or {}).get("accuracy"),
         "lambda_version": deployment.get("lambda_version"),
         "written_at": record.get("written_at"),
+        "started_by": record.get("trigger"),
+        "monitoring": record.get("monitoring"),
+        "alert": record.get("alert"),
     }
 
 
@@ -306,17 +343,25 @@ def audit_record(ti, dag_run, params: Mapping[str, Any], sm) -> dict:
     if package_arn:
         package_status = sm.describe_model_package(ModelPackageName=package_arn).get("ModelApprovalStatus")
 
+    monitoring, discovery = pull(ti, "monitoring"), pull(ti, "discovery")
+    drift = bool((monitoring or {}).get("drift"))
+    forced = bool(params.get("force_retrain", False))
     outcome = decide_outcome(
         failed_tasks=failed,
         rolled_back=rollback is not None,
-        nothing_to_do=checked is not None and not has_work(checked, params.get("force_retrain", False)),
+        nothing_to_do=checked is not None and not has_work(checked, forced, drift=drift),
         approved=None if verdict is None else verdict["deploy"],
         dry_run=bool(params.get("dry_run")) and evaluation is not None,
     )
+    run = run_section(dag_run, params)
     return build_audit_record(
-        run=run_section(dag_run, params),
+        run=run,
+        trigger=trigger_section(
+            run, discovery, monitoring, new_batches=bool((checked or {}).get("accepted")), forced=forced
+        ),
+        monitoring=monitoring,
         live_alias=pull(ti, "live_alias"),
-        data=data_section(pull(ti, "discovery"), checked, pull(ti, "snapshot")),
+        data=data_section(discovery, checked, pull(ti, "snapshot")),
         training=training_section(training),
         decision=decision_section(
             evaluation, package_arn, package_status, approval=approval_summary(pull(ti, "approval"), verdict)

@@ -11,6 +11,7 @@ from __future__ import annotations
 TASK_IDS = {
     "settings": "load_settings",
     "live_alias": "check_live_alias",
+    "monitoring": "monitor_traffic",
     "discovery": "data.find_new_batches",
     "validation": "data.validate_data",
     "new_data": "data.check_for_new_data",

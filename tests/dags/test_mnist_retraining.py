@@ -216,3 +216,62 @@ def test_parsing_the_dag_imports_nothing_heavy(record_property):
     print(
         f"\nDAG file parse: {report['dag_file_s']:.3f} s after importing airflow.sdk ({report['airflow_import_s']:.3f} s)"
     )
+
+
+SCHEDULE_SCRIPT = """
+import json, runpy, sys
+from airflow.sdk import DAG, Asset
+namespace = runpy.run_path(sys.argv[1])
+(dag,) = [value for value in namespace.values() if isinstance(value, DAG)]
+schedule = dag.timetable
+condition = getattr(schedule, "asset_condition", None)
+assets = [condition] if isinstance(condition, Asset) else []
+print(json.dumps({
+    "timetable": type(schedule).__name__,
+    "cron": schedule.timetable.expression if assets else dag.schedule,
+    "assets": [asset.name for asset in assets],
+    "triggers": [
+        [watcher.name, *watcher.trigger.serialize()] for asset in assets for watcher in asset.watchers
+    ],
+    "defaults": {name: dag.params[name] for name in ("epochs", "max_train_samples", "drift_min_samples")},
+}))
+"""
+
+
+def parse_with(environ: dict[str, str]) -> dict:
+    import os
+
+    result = subprocess.run(
+        [sys.executable, "-c", SCHEDULE_SCRIPT, str(DAGS_FOLDER / "mnist_retraining.py")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=REPO,
+        env={**os.environ, **environ},
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def test_with_a_data_events_queue_the_dag_runs_nightly_or_on_new_data():
+    queue = "http://127.0.0.1:4566/000000000000/mnist-data-events"
+    parsed = parse_with({"MNIST_EVENTS_QUEUE_URL": queue})
+    assert parsed["timetable"] == "AssetOrTimeSchedule"
+    assert parsed["cron"] == "0 2 * * *"
+    assert parsed["assets"] == ["mnist_incoming_batches"]
+    ((watcher, classpath, kwargs),) = parsed["triggers"]
+    assert (watcher, classpath) == ("mnist_data_events", "mnist_pipeline.events.DataEventsTrigger")
+    assert kwargs["sqs_queue"] == queue and kwargs["aws_conn_id"] == "aws_default"
+    without = parse_with({"MNIST_EVENTS_QUEUE_URL": ""})
+    assert (without["cron"], without["assets"]) == ("0 2 * * *", [])
+
+
+def test_run_defaults_from_the_environment_are_what_a_run_nobody_fills_the_form_for_gets():
+    parsed = parse_with({"MNIST_RUN_DEFAULTS": json.dumps({"epochs": 2, "max_train_samples": 2000})})
+    assert parsed["defaults"] == {"epochs": 2, "max_train_samples": 2000, "drift_min_samples": 50}
+
+
+def test_live_traffic_is_checked_before_the_run_decides_whether_to_train(dag):
+    monitoring = dag.get_task(TASK_IDS["monitoring"])
+    assert TASK_IDS["new_data"] in monitoring.get_flat_relative_ids(upstream=False)
+    assert TASK_IDS["live_alias"] in monitoring.upstream_task_ids

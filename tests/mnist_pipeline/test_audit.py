@@ -353,3 +353,30 @@ def test_conclusion_fails_the_run_only_for_failures():
         audit.conclude(
             {"outcome": "rolled_back", "audit_uri": "s3://b/a", "error": "failed tasks: deploy.smoke_test"}
         )
+
+
+def test_a_run_started_by_data_says_asset_and_the_keys_its_events_named():
+    from mnist_pipeline.audit import trigger_section
+
+    run = {"trigger": {"type": "asset_triggered", "by": None}}
+    discovery = {"events": {"object_keys": ["data/incoming/batch-0002.npz"], "messages_deleted": 1}}
+    assert trigger_section(run, discovery, {"drift": False}, new_batches=True, forced=False) == {
+        "kind": "asset",
+        "object_keys": ["data/incoming/batch-0002.npz"],
+        "drift_triggered": False,
+    }
+
+
+def test_drift_alone_making_a_run_train_is_drift_triggered():
+    from mnist_pipeline.audit import trigger_section
+
+    nightly = {"trigger": {"type": "scheduled", "by": "scheduler"}}
+    assert trigger_section(nightly, {}, {"drift": True}, new_batches=False, forced=False)["drift_triggered"]
+    assert not trigger_section(nightly, {}, {"drift": True}, new_batches=True, forced=False)[
+        "drift_triggered"
+    ]
+    assert trigger_section(nightly, None, None, new_batches=False, forced=False) == {
+        "kind": "schedule",
+        "object_keys": [],
+        "drift_triggered": False,
+    }
