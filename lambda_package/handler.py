@@ -43,7 +43,8 @@ output and says whether it holds ``"logits"`` (the default; softmax is applied h
 ``"probabilities"``.
 
 Every request writes one JSON line to stdout: request id, status, latency, predictions or error
-code, function version, and for an answered request the model sha and, per image, the features
+code, function version, source (``"http"``: through API Gateway; ``"invoke"``: a direct Invoke),
+and for an answered request the model sha and, per image, the features
 the drift monitor compares with the training data (``feature_record``). Never pixel data.
 """
 
@@ -169,7 +170,11 @@ def _checked_output(session: ort.InferenceSession, declared: dict, model_path: P
 def handler(event, context):
     """Lambda entry point: answer one request (see the module docstring for the contract)."""
     started = time.perf_counter()
-    log = {"request_id": getattr(context, "aws_request_id", None), "version": MODEL.info["version"]}
+    log = {
+        "request_id": getattr(context, "aws_request_id", None),
+        "version": MODEL.info["version"],
+        "source": event_source(event),
+    }
     try:
         request = _request_from_event(event)
         pixels, is_batch = _pixels_from_request(request)
@@ -193,6 +198,14 @@ def handler(event, context):
         raise
     _log_line(log, started)
     return response
+
+
+def event_source(event) -> str:
+    """``"http"`` for a request through API Gateway (a client), ``"invoke"`` for a direct Invoke
+    (the pipeline's smoke test and canary): the drift monitor watches clients only."""
+    if isinstance(event, dict) and isinstance(event.get("requestContext"), dict):
+        return "http"
+    return "invoke"
 
 
 def feature_record(pixels: np.ndarray, probabilities: np.ndarray) -> dict:

@@ -109,7 +109,8 @@ class Traffic:
         self.requests = 0
 
     def add_line(self, line: str, versions: set[str]) -> None:
-        """One handler log line; lines of other versions, errors and other output are skipped."""
+        """One handler log line; lines of other versions, direct invokes (the smoke test and the
+        canary), errors and other output are skipped."""
         if LOG_MESSAGE not in line:
             return
         try:
@@ -121,6 +122,8 @@ class Traffic:
             return
         if versions and str(record.get("version")) not in versions:
             return
+        if record.get("source") == "invoke":
+            return  # the pipeline's own smoke test and canary calls: not clients' traffic
         predictions = record.get("predictions") or []
         lists = [features.get(name) or [] for name in ("confidence", *TRAFFIC_FEATURES)]
         if not all(isinstance(column, list) and len(column) == len(predictions) for column in lists):

@@ -28,17 +28,30 @@ def reference(mnist):
     return compute_reference(mnist.train_images[:5000], mnist.train_labels[:5000])
 
 
+def api_event(body: dict) -> dict:
+    """What API Gateway's HTTP API (payload 2.0) hands the function for POST /mnist."""
+    return {
+        "version": "2.0",
+        "routeKey": "POST /mnist",
+        "headers": {"content-type": "application/json"},
+        "requestContext": {"http": {"method": "POST", "path": "/mnist"}},
+        "body": json.dumps(body),
+        "isBase64Encoded": False,
+    }
+
+
 @pytest.fixture(scope="module")
 def serve(centroid_models, tmp_path_factory):
     """Answer requests with the real handler (version 3, a real ONNX model); return its log lines."""
     handler = load_handler(write_model_dir(tmp_path_factory.mktemp("model"), centroid_models["good"]), "3")
 
-    def requests(images: np.ndarray, per_request: int = 8) -> list[str]:
+    def requests(images: np.ndarray, per_request: int = 8, *, through_the_api: bool = True) -> list[str]:
         out = io.StringIO()
         with contextlib.redirect_stdout(out):
             for start in range(0, len(images), per_request):
                 chunk = images[start : start + per_request].reshape(-1, 784).astype(int).tolist()
-                handler({"inputs": chunk}, None)
+                body = {"inputs": chunk}
+                handler(api_event(body) if through_the_api else body, None)
         return out.getvalue().splitlines()
 
     return requests
@@ -148,3 +161,16 @@ def test_thresholds_come_from_the_runs_params():
     thresholds = monitor.thresholds_from_params({"drift_feature_threshold": 2.5, "drift_min_samples": 10})
     assert thresholds.feature == 2.5 and thresholds.min_samples == 10
     assert thresholds.prediction == monitor.DRIFT_PARAMS["drift_prediction_threshold"]["default"]
+
+
+def test_the_pipelines_own_direct_invokes_are_not_traffic(cloud, serve, mnist):
+    """The smoke test and the canary invoke the function directly: only requests through the
+    endpoint (API Gateway events) are clients' traffic."""
+    s3, logs = cloud
+    now = int(time.time() * 1000)
+    ship(logs, serve(255 - mnist.test_images[:200], through_the_api=False), now - 2_000)
+    ship(logs, serve(mnist.test_images[200:300]), now - 1_000)
+    checked = monitor.monitor_traffic(
+        logs, s3, CONFIG, run_id="run-1", live=LIVE, thresholds=monitor.Thresholds(), now_ms=now
+    )
+    assert checked["samples"] == 100 and not checked["drift"], checked
