@@ -27,6 +27,7 @@ SECTIONS = [
     "load",
     "parse",
     "pipeline",
+    "events",
     "demo",
 ]
 RESULTS = Path(__file__).parent / "results"
