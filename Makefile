@@ -65,7 +65,7 @@ demo: $(STAMP)  ## run the whole pipeline locally: localcloud + Airflow, one run
 endpoint: $(STAMP)  ## print the demo's endpoint URL
 	@$(PY) -m devtools endpoint
 
-feed: $(STAMP)  ## drop the next nightly batch into incoming/ (ARGS=--wait: wait for the run its data event starts, and follow it)
+feed: $(STAMP)  ## drop the next nightly batch into incoming/; the run its data event starts by itself is followed to its end (ARGS=--no-wait: only drop it)
 	@$(PY) -m devtools feed $(ARGS)
 
 status: $(STAMP)  ## show what make demo started and whether it runs

@@ -258,6 +258,7 @@ def bootstrap_demo(layout: Layout) -> dict:
         "api_id": api["ApiId"],
         "endpoint": api["ApiEndpoint"] + "/mnist",
         "events_queue_url": queue_url,
+        "events_queue_arn": queue_arn,
         "alerts_topic_arn": topic_arn,
         "alerts_inbox_url": inbox_url,
     }

@@ -11,7 +11,7 @@ same names; ``up`` is ``make demo``):
   the run succeeded and the endpoint answered with the right digit.
 - **endpoint**: the endpoint URL, on one line.
 - **feed**: put the next nightly batch into ``incoming/`` (its S3 notification goes to the data-events
-  queue); ``--wait``: wait 60 s for the run the event starts (the asset watcher) and follow it.
+  queue); then waits up to 60 s for the run the event starts (the asset watcher) and follows it; ``--no-wait``: only drop it.
 - **alerts**: every alert the topic delivered to the local inbox, kept in ``.run/alerts.jsonl``.
 - **status**: which of the processes ``up`` started still run, and where.
 - **down**: stop exactly those processes (their process groups, by the ids in ``.run/``).
@@ -143,7 +143,8 @@ def up(layout: Layout) -> int:
     say("")
     say(f"Airflow UI:   {layout.airflow_url}  (user admin; password in {layout.passwords_file})")
     say(f"Endpoint:     {infra['endpoint']}  (make endpoint)")
-    say("New data:     make feed (ARGS=--wait: wait for the run its event starts)   Alerts: make alerts")
+    say("New data:     make feed (the run the new batch's data event starts by itself, followed to its end)")
+    say("Alerts:       make alerts (what the alerts topic sent: failed, rolled-back, rejected runs and drift)")
     say("Stop:         make down      What runs: make status")
     say(f"make demo took {time.monotonic() - started:.0f} s")
     return 0 if set(finished.values()) == {"success"} and right else 1
@@ -215,7 +216,7 @@ def wait_for_data_run(api: Airflow, since: str, timeout_s: float = 60, poll_s: f
     )
 
 
-def feed(layout: Layout, *, wait: bool = False) -> int:
+def feed(layout: Layout, *, wait: bool = True) -> int:
     """Drop the next nightly batch into incoming/; then wait for the run the data event starts by
     itself (no trigger) and follow it to its end."""
     from datetime import UTC, datetime, timedelta
@@ -272,7 +273,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--root", type=Path, default=Path.cwd(), help="the project directory (default: .)")
     # audit passes the rest to the audit view (--json, --limit N, --airflow-url URL)
     args, rest = parser.parse_known_args(argv)
-    if rest and args.command != "audit" and not (args.command == "feed" and rest == ["--wait"]):
+    if rest and args.command != "audit" and not (args.command == "feed" and rest == ["--no-wait"]):
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
     try:
         layout = Layout.from_env(args.root)
@@ -286,7 +287,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "alerts":
             return alerts(layout)
         if args.command == "feed":
-            return feed(layout, wait="--wait" in rest)
+            return feed(layout, wait="--no-wait" not in rest)
         return status(layout) if args.command == "status" else down(layout)
     except DemoError as error:
         print(f"demo: {error}", file=sys.stderr)

@@ -29,7 +29,12 @@ handed_on: dict[str, str] = {}
 
 @pytest.fixture(scope="module")
 def stack(demo_stack):
-    """The stack with a model serving (deployed here unless the browser test did) and live traffic."""
+    """The stack with a model serving (deployed here unless the browser test did) and live traffic.
+
+    Data events are off while the scenarios run: each triggers its own run with its own Params, so
+    a batch it feeds must not start a run by itself too (tests/e2e/test_closed_loop.py does that).
+    """
+    demo_stack.data_events(False)
     if demo_stack.alias() is None:
         run_id = demo_stack.trigger("chaos-first-deployment")
         demo_stack.wait_for(run_id)
@@ -38,6 +43,7 @@ def stack(demo_stack):
     demo_stack.traffic = Traffic(demo_stack.infra["endpoint"], pixels).start()
     yield demo_stack
     demo_stack.traffic.stop()
+    demo_stack.data_events(True)
 
 
 def new_batches(record: dict) -> list[str]:
@@ -55,6 +61,9 @@ def assert_deployed(stack, run_id: str) -> dict:
     assert stack.packages()[run_id] == [{"status": "Approved", "lambda_version": version}]
     consumed = stack.consumed()
     assert new_batches(record) and all(consumed[key]["run_id"] == run_id for key in new_batches(record))
+    # The live traffic is clean digits: its check found no drift, and a deployed run sends no alert.
+    assert record["monitoring"]["status"] in {"ok", "too_few_samples"}, record["monitoring"]
+    assert record["alert"]["wanted"] is False and stack.alerts(run_id) == [], record["alert"]
     return record
 
 
@@ -149,12 +158,18 @@ def test_a_canary_that_fails_is_rolled_back_and_clearing_the_rollback_changes_no
     assert all(status == 500 for _, status, _ in stack.traffic.failures(started, rolled_back_at))
     assert not stack.traffic.failures(rolled_back_at + 1, time.time())
     handed_on["unconsumed_batch"] = batch
+    # Exactly one alert, with the rollback's reason, as `make alerts` shows it.
+    (alert,) = stack.alerts(run_id)
+    assert alert["Subject"] == f"mnist_retraining rolled_back: {run_id}"
+    assert "Reason: rolled back: " in alert["Message"] and "/mnist-audit/" in alert["Message"]
+    assert record["alert"]["sent"] is True, record["alert"]
 
     revision = stack.alias()["revision_id"]
     stack.clear(run_id, [ROLLBACK])
     stack.wait_for(run_id)
     assert stack.alias()["revision_id"] == revision  # the alias was not touched again
     assert [package["status"] for package in stack.packages()[run_id]] == ["Rejected"]
+    assert len(stack.alerts(run_id)) == 1  # and no second alert
 
 
 def test_poison_batches_are_quarantined_byte_identical_and_the_good_ones_trained_on(stack):
