@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from botocore.exceptions import EndpointConnectionError
@@ -171,15 +171,21 @@ def wait_for(job: str, **kwargs) -> TrainingJobWait:
     )
 
 
+class _FirstTry:
+    """The task instance of a sensor's first reschedule-mode try: it has no earlier reschedule."""
+
+    def get_first_reschedule_date(self, context):
+        return None
+
+
 @pytest.mark.slow
 def test_a_deferred_wait_ends_when_the_job_completes(sagemaker):
     job = start_job(sagemaker, "completes")
     sensor = wait_for(job, deferrable=True)
     deferred = deferral(sensor)
     trigger = deferred.trigger
-    assert (
-        type(trigger).__module__ == "airflow.providers.amazon.aws.triggers.sagemaker"
-    )  # any triggerer has it
+    # The provider's trigger, which any triggerer can import (plugins/ need not be on its path).
+    assert type(trigger).__module__ == "airflow.providers.amazon.aws.triggers.sagemaker"
     assert (trigger.job_name, trigger.waiter_delay, trigger.attempts) == (job, 1, 120)
     assert deferred.timeout == timedelta(seconds=120)
 
@@ -203,9 +209,8 @@ def test_a_failed_job_fails_the_wait_with_its_reason_in_both_modes(sagemaker):
     assert "the train channel holds no images" in message
 
     # Reschedule mode, as the DAG had it, tells the same.
-    ti = _FirstTry()
     with pytest.raises(AirflowException) as rescheduled_failure:
-        wait_for(job, deferrable=False, mode="reschedule").execute({"ti": ti})
+        wait_for(job, deferrable=False, mode="reschedule").execute({"ti": _FirstTry()})
     assert str(rescheduled_failure.value) == message
 
 
@@ -214,8 +219,11 @@ def test_not_deferrable_it_reschedules_as_the_providers_sensor_does(sagemaker):
     from airflow.sdk.exceptions import AirflowRescheduleException
 
     job = start_job(sagemaker, "rescheduled", HyperParameters={"seconds": "30", "quiet": "true"})
-    with pytest.raises(AirflowRescheduleException):
+    before = datetime.now(UTC)
+    with pytest.raises(AirflowRescheduleException) as rescheduled:
         wait_for(job, deferrable=False, mode="reschedule").execute({"ti": _FirstTry()})
+    # The try ends, to be started again a poke interval later (one task try per poke).
+    assert before + timedelta(seconds=1) <= rescheduled.value.reschedule_date <= before + timedelta(seconds=5)
     sagemaker.stop_training_job(TrainingJobName=job)
 
 
@@ -250,13 +258,6 @@ def test_a_job_restarted_while_localcloud_was_down_is_waited_for_again_on_the_ta
     assert described["TrainingJobStatus"] == "Completed"
     assert "Restarting" in transitions(described)
     assert marker.read_text() == "2"
-
-
-class _FirstTry:
-    """The task instance of a sensor's first reschedule-mode try: it has no earlier reschedule."""
-
-    def get_first_reschedule_date(self, context):
-        return None
 
 
 # --- the setting ---------------------------------------------------------------------------------
