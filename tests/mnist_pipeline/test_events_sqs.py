@@ -188,3 +188,30 @@ def test_a_message_received_again_within_its_burst_is_one_entry_with_the_newest_
         "delete_failures": [],
     }
     assert counts(queues.sqs, queues.url) == (0, 0)
+
+
+@pytest.mark.slow
+def test_one_watcher_keeps_producing_events_across_bursts_and_a_restart_of_the_queue(queues, localcloud):
+    """The watcher is long-lived (apache/airflow#51213: SQS watchers that stopped triggering after a
+    while): it never returns after an event, and an unreachable queue is retried, not the end."""
+
+    async def watch() -> list[dict]:
+        generator = trigger(queues.url).run()
+        try:
+            await asyncio.to_thread(put_batch, queues.s3, 1)
+            first = (await asyncio.wait_for(anext(generator), 30)).payload
+            events.acknowledge(queues.sqs, [first])
+            await asyncio.to_thread(localcloud.cloud.stop)  # the queue goes away under the watcher
+            pending = asyncio.ensure_future(anext(generator))
+            await asyncio.sleep(1)
+            assert not pending.done()
+            await asyncio.to_thread(localcloud.restart)
+            await asyncio.to_thread(put_batch, localcloud.client("s3"), 2)
+            second = (await asyncio.wait_for(pending, 30)).payload
+            return [first, second]
+        finally:
+            await generator.aclose()
+
+    first, second = asyncio.run(watch())
+    assert first["object_keys"] == [f"{PREFIX}batch-0001.npz"]
+    assert second["object_keys"] == [f"{PREFIX}batch-0002.npz"]
