@@ -144,7 +144,9 @@ def up(layout: Layout) -> int:
     say(f"Airflow UI:   {layout.airflow_url}  (user admin; password in {layout.passwords_file})")
     say(f"Endpoint:     {infra['endpoint']}  (make endpoint)")
     say("New data:     make feed (the run the new batch's data event starts by itself, followed to its end)")
-    say("Alerts:       make alerts (what the alerts topic sent: failed, rolled-back, rejected runs and drift)")
+    say(
+        "Alerts:       make alerts (what the alerts topic sent: failed, rolled-back, rejected runs and drift)"
+    )
     say("Stop:         make down      What runs: make status")
     say(f"make demo took {time.monotonic() - started:.0f} s")
     return 0 if set(finished.values()) == {"success"} and right else 1
@@ -211,7 +213,7 @@ def wait_for_data_run(api: Airflow, since: str, timeout_s: float = 60, poll_s: f
         time.sleep(poll_s)
     raise DemoError(
         f"no run started by the new data within {timeout_s:.0f} s. Check the triggerer's log "
-        f"(.run/airflow.log and {{AIRFLOW_HOME}}/logs), the queue mnist-data-events in localcloud, and that "
+        f"(.run/airflow.log and .airflow/logs/), the queue mnist-data-events in localcloud, and that "
         "Airflow was started with MNIST_EVENTS_QUEUE_URL (make down, then make demo)"
     )
 

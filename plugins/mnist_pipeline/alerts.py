@@ -51,7 +51,7 @@ def alert_reason(record: Mapping) -> str | None:
 def audit_url(environ: Mapping[str, str] | None = None) -> str:
     """The audit page under the api-server's public base URL (``AIRFLOW__API__BASE_URL``)."""
     environ = os.environ if environ is None else environ
-    base = (environ.get("AIRFLOW__API__BASE_URL") or "http://localhost:8080").rstrip("/")
+    base = (environ.get("AIRFLOW__API__BASE_URL") or "http://127.0.0.1:8080").rstrip("/")
     return base + AUDIT_PATH
 
 
@@ -126,4 +126,4 @@ def on_audit_failure(context: Mapping) -> None:
     }  # fmt: skip
     reason = alert_reason(record)
     subject, text = message(record, reason, url=audit_url())
-    publish(config, subject, text, aws_conn_id=context.get("aws_conn_id", "aws_default"))
+    publish(config, subject, text, aws_conn_id="aws_default")  # the DAG's AWS_CONN_ID

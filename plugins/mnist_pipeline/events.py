@@ -9,7 +9,7 @@ trigger does not give:
 
 - **A message is deleted only after its asset event is recorded.** The stock trigger deletes what it
   received before it yields the event, so a triggerer killed in between loses the wake-up. Here the
-  trigger only receives (with a visibility timeout long enough for a run to start); the run that the
+  trigger only receives (with a visibility timeout longer than any run); the run that the
   event started deletes the messages (``acknowledge``), and a run exists only once its asset event
   is recorded. A message whose run never started becomes visible again and wakes the DAG again.
 - **A malformed or foreign message never stops the watcher.** The stock JSONPath filter calls
@@ -50,8 +50,12 @@ WATCHER_NAME = "mnist_data_events"
 QUEUE_URL_ENV = "MNIST_EVENTS_QUEUE_URL"
 DEFAULT_INCOMING_PREFIX = "data/incoming/"
 BATCH_SUFFIX = ".npz"
-# Long enough for the run an event starts to reach its data step (seconds on an idle scheduler).
-DEFAULT_VISIBILITY_S = 600
+# Longer than any run (training alone may take up to 6 h): an event that arrives while a run is in
+# progress waits, received once, for the run it queues, instead of coming back every few minutes as
+# another asset event and, after maxReceiveCount receives, landing in the DLQ. SQS's maximum. A
+# wake-up that is lost anyway (the triggerer died before its event was recorded) comes back after
+# that, and the nightly cron finds its batch before then: batches are found by listing.
+DEFAULT_VISIBILITY_S = 12 * 3600
 DEFAULT_COLLECT_S = 3.0
 LONG_POLL_S = 10  # each empty receive waits this long on the queue itself: no busy polling
 MAX_FOREIGN_BACKOFF_S = 60
