@@ -34,8 +34,9 @@ with it, and task ids and XCom keys come from `mnist_pipeline.names`.
 
 2. **train** (`mnist_pipeline.train`): one SageMaker training job per run, named after the run,
    so a retry or a cleared task resumes that job instead of starting another (the provider's
-   operator, subclassed, with `wait_for_completion=False`); the provider's sensor then waits in
-   reschedule mode, holding no worker. The request: the PyTorch training image, the trainer's
+   operator, subclassed, with `wait_for_completion=False`); the wait is deferred to the provider's
+   `SageMakerTrigger` in the triggerer (`mnist_pipeline.training_wait`), holding no worker, or,
+   with `MNIST_TRAINING_WAIT=reschedule` where no triggerer runs, a reschedule-mode sensor. The request: the PyTorch training image, the trainer's
    `MetricDefinitions`, a `ManifestFile` channel of exactly the snapshot's shards, the holdout
    channel, spot with checkpoints when asked, tags linking the job to the run, and
    `RetryStrategy` (2 attempts): after an internal failure (a lost host) SageMaker restarts the
@@ -103,7 +104,6 @@ from airflow.providers.amazon.aws.hooks.logs import AwsLogsHook
 from airflow.providers.amazon.aws.hooks.s3 import S3Hook
 from airflow.providers.amazon.aws.hooks.sagemaker import SageMakerHook
 from airflow.providers.amazon.aws.hooks.sqs import SqsHook
-from airflow.providers.amazon.aws.sensors.sagemaker import SageMakerTrainingSensor
 from airflow.sdk import DAG, Param, TaskGroup, task
 from airflow.task.trigger_rule import TriggerRule
 
@@ -120,6 +120,7 @@ from mnist_pipeline.names import TASK_IDS as IDS
 from mnist_pipeline.names import VERDICT_KEY, pull, task_name
 from mnist_pipeline.register import ModelPackageStatusOperator, RegisterModelPackageOperator
 from mnist_pipeline.rollback import LambdaAliasRollbackOperator, rollback_reason
+from mnist_pipeline.training_wait import TrainingJobWait, training_wait_deferrable
 
 AWS_CONN_ID = "aws_default"
 
@@ -321,10 +322,13 @@ with DAG(
             aws_conn_id=AWS_CONN_ID,
             execution_timeout=dt.timedelta(minutes=10),
         )
-        wait_for_training = SageMakerTrainingSensor(
+        # In the triggerer (MNIST_TRAINING_WAIT=deferrable, the default), or as a reschedule-mode
+        # sensor (=reschedule) where no triggerer runs.
+        wait_for_training = TrainingJobWait(
             task_id=task_name("training_wait"),
             job_name=xcom("training", "Training", "TrainingJobName"),
             print_log=False,
+            deferrable=training_wait_deferrable(),
             mode="reschedule",
             poke_interval=training_poke_interval(),
             timeout=dt.timedelta(hours=6).total_seconds(),

@@ -97,11 +97,14 @@ def airflow_environment(
             "AIRFLOW_VAR_MNIST_REGION": REGION,
             "AIRFLOW_VAR_MNIST_SAGEMAKER_ROLE_ARN": SAGEMAKER_ROLE,
             "AIRFLOW_VAR_MNIST_TRAINING_IMAGE_URI": TRAINING_IMAGE,
-            # Read when the DAG is parsed: a job trains for ~100 s here, so check every 30 s, not 60.
-            # Not much less: a reschedule-mode sensor poked again before the scheduler has processed
-            # its previous poke's end is failed by Airflow 3.3 ("task state changed externally",
-            # apache/airflow#71172); the further apart the pokes, the wider that margin.
-            "MNIST_TRAINING_POKE_INTERVAL": "30",
+            # Read when the DAG is parsed: how often the wait checks a job that trains for ~100 s
+            # here. Deferred (the default), the triggerer checks every 5 s. In reschedule mode
+            # (MNIST_TRAINING_WAIT=reschedule) every 30 s, not much less: a reschedule-mode sensor
+            # poked again before the scheduler has processed its previous poke's end is failed by
+            # Airflow 3.3 ("task state changed externally", apache/airflow#71172).
+            "MNIST_TRAINING_POKE_INTERVAL": (
+                "30" if base.get("MNIST_TRAINING_WAIT", "").strip() == "reschedule" else "5"
+            ),
             # After a crash of Airflow itself, the restarted scheduler resets the tasks the dead one
             # had queued or running once it has missed 30 s of heartbeats, checked every 30 s
             # (default 300 s): a nightly run then resumes within a minute, not five.

@@ -86,11 +86,12 @@ def test_every_aws_task_uses_the_aws_default_connection(dag):
     assert {task.task_id: task.aws_conn_id for task in aws_tasks if task.aws_conn_id != "aws_default"} == {}
 
 
-def test_training_is_started_without_waiting_and_watched_in_reschedule_mode(dag):
+def test_training_is_started_without_waiting_and_watched_from_the_triggerer(dag):
     train = dag.get_task(TASK_IDS["training"])
     sensor = dag.get_task("train.wait_for_training")
     assert train.wait_for_completion is False
-    assert type(sensor).__name__ == "SageMakerTrainingSensor"
+    assert type(sensor).__name__ == "TrainingJobWait"
+    assert sensor.deferrable is True  # in the triggerer; reschedule mode where none runs
     assert sensor.mode == "reschedule"
     assert sensor.upstream_task_ids == {TASK_IDS["training"]}
 

@@ -39,3 +39,10 @@ def test_airflow_environment_carries_the_events_queue_and_the_alerts_topic(layou
     assert env["MNIST_EVENTS_QUEUE_URL"] == url
     assert env["AIRFLOW_VAR_MNIST_ALERTS_TOPIC_ARN"] == topic
     assert "MNIST_EVENTS_QUEUE_URL" not in airflow_environment(layout, None, {})
+
+
+def test_the_training_wait_checks_often_when_deferred_and_far_apart_in_reschedule_mode(layout):
+    assert airflow_environment(layout, None, {})["MNIST_TRAINING_POKE_INTERVAL"] == "5"
+    rescheduled = airflow_environment(layout, None, {"MNIST_TRAINING_WAIT": "reschedule"})
+    assert rescheduled["MNIST_TRAINING_WAIT"] == "reschedule"  # the DAG's parse reads it too
+    assert rescheduled["MNIST_TRAINING_POKE_INTERVAL"] == "30"  # apache/airflow#71172
