@@ -272,9 +272,16 @@ class LogsBackend(Backend):
         token: str | None = None,
         limit: int = DEFAULT_EVENT_LIMIT,
     ) -> tuple[list[dict[str, Any]], str | None]:
-        """Events of a group in time order, across streams, matching a plain-term filter pattern."""
+        """Events of a group in time order, across streams, matching a plain-term filter pattern.
+
+        SQLite does the selecting (time range, streams, and the pattern's terms as `instr`, which is
+        case-sensitive substring search like CloudWatch's), so a page reads only the rows it returns
+        rather than every row of the group; the Python matcher still checks each row, the authority
+        on what matches.
+        """
         self.group(group)
-        matches = compile_filter_pattern(pattern)
+        terms = parse_filter_pattern(pattern)
+        matches = _matcher(terms)
         where = "log_group = ? AND timestamp >= ?"
         args: list[Any] = [group, start_time or 0]
         if end_time is not None:
@@ -286,13 +293,19 @@ class LogsBackend(Backend):
         if stream_prefix:
             where += " AND substr(log_stream, 1, ?) = ?"
             args.extend([len(stream_prefix), stream_prefix])
+        pattern_sql, pattern_args = _filter_pattern_sql(terms)
+        where += pattern_sql
+        args.extend(pattern_args)
         cursor = _parse_token(token)[1] if token else (0, 0)
         events: list[dict[str, Any]] = []
         while True:
+            # Rows come back already matching, so one chunk the size of what is left fills a page
+            # (never under 1,000 rows: a small or out-of-range limit reads as it always did).
+            chunk = max(limit - len(events), 1000)
             rows = self.store.query(
-                f"SELECT * FROM log_events WHERE {where} AND (timestamp, id) > (?, ?) "  # noqa: S608
-                "ORDER BY timestamp, id LIMIT 1000",
-                (*args, *cursor),
+                "SELECT id, log_stream, timestamp, ingestion_time, message FROM log_events "  # noqa: S608
+                f"WHERE {where} AND (timestamp, id) > (?, ?) ORDER BY timestamp, id LIMIT ?",
+                (*args, *cursor, chunk),
             )
             for row in rows:
                 cursor = (row["timestamp"], row["id"])
@@ -308,7 +321,7 @@ class LogsBackend(Backend):
                     )
                     if len(events) == limit:
                         return events, _token("f", cursor)
-            if len(rows) < 1000:
+            if len(rows) < chunk:
                 return events, None
 
 
@@ -344,13 +357,16 @@ def _after(position: tuple[int, int] | None) -> tuple[int, int]:
     return timestamp, event_id + 1
 
 
-def compile_filter_pattern(pattern: str | None) -> Callable[[str], bool]:
-    """A predicate for CloudWatch's plain-term filter syntax: `ERROR`, `"exact phrase"`, `?a ?b`, `-noise`.
+FilterTerms = tuple[list[str], list[str], list[str]]  # (required, any of, excluded)
+
+
+def parse_filter_pattern(pattern: str | None) -> FilterTerms:
+    """The terms of CloudWatch's plain-term filter syntax: `ERROR`, `"exact phrase"`, `?a ?b`, `-noise`.
 
     JSON (`{ $.x = 1 }`) and space-delimited (`[ip, ...]`) patterns are refused rather than guessed.
     """
     if not pattern or not pattern.strip():
-        return lambda message: True
+        return [], [], []
     if pattern.lstrip()[0] in "{[":
         raise _invalid(
             'localcloud supports only plain-term filter patterns (terms, "phrases", ?any, -exclude)'
@@ -362,6 +378,16 @@ def compile_filter_pattern(pattern: str | None) -> Callable[[str], bool]:
     required = [t for t in terms if not t.startswith(("?", "-"))]
     any_of = [t[1:] for t in terms if t.startswith("?") and len(t) > 1]
     excluded = [t[1:] for t in terms if t.startswith("-") and len(t) > 1]
+    return required, any_of, excluded
+
+
+def compile_filter_pattern(pattern: str | None) -> Callable[[str], bool]:
+    """A predicate for a plain-term filter pattern (see `parse_filter_pattern`)."""
+    return _matcher(parse_filter_pattern(pattern))
+
+
+def _matcher(terms: FilterTerms) -> Callable[[str], bool]:
+    required, any_of, excluded = terms
 
     def matches(message: str) -> bool:
         return (
@@ -371,6 +397,16 @@ def compile_filter_pattern(pattern: str | None) -> Callable[[str], bool]:
         )
 
     return matches
+
+
+def _filter_pattern_sql(terms: FilterTerms) -> tuple[str, list[str]]:
+    """The same terms as SQL conditions on `message` (to AND onto a WHERE clause) and their values."""
+    required, any_of, excluded = terms
+    sql = " AND instr(message, ?) > 0" * len(required)
+    if any_of:
+        sql += f" AND ({' OR '.join('instr(message, ?) > 0' for _ in any_of)})"
+    sql += " AND instr(message, ?) = 0" * len(excluded)
+    return sql, [*required, *any_of, *excluded]
 
 
 # --- wire --------------------------------------------------------------------------------------

@@ -239,3 +239,43 @@ def test_unknown_target_and_unsupported_operation(localcloud, logs):
         logs.start_query(logGroupName=GROUP, startTime=0, endTime=1, queryString="fields @message")
     assert error_code(excinfo) == "NotImplemented"
     assert "CloudWatch Logs.StartQuery" in str(excinfo.value)
+
+
+def test_filter_patterns_select_the_same_events_on_every_page(logs):
+    """Terms are case-sensitive substrings, a quoted phrase must appear as written, and every page
+    of a filtered, time-bounded read holds exactly the events the terms choose, in time order."""
+    from localcloud.logs import compile_filter_pattern
+
+    base = now_ms()
+    logs.create_log_stream(logGroupName=GROUP, logStreamName="job-2/algo-1-1")
+    kinds = [
+        "ERROR disk full",
+        "error disk",
+        "disk ERROR full",
+        "WARN é slow",
+        "INFO\x00 after nul",
+        "INFO ok",
+    ]
+    messages = [f"{kinds[i % len(kinds)]} #{i}" for i in range(60)]
+    put(logs, messages[0::2], base)
+    put(logs, messages[1::2], base, stream="job-2/algo-1-1")
+    everything = logs.filter_log_events(logGroupName=GROUP)["events"]
+    assert len(everything) == 60 and {e["timestamp"] for e in everything[:2]} == {base}  # before startTime
+
+    def read(pattern):
+        pages = logs.get_paginator("filter_log_events").paginate(
+            logGroupName=GROUP, filterPattern=pattern, startTime=base + 1, PaginationConfig={"PageSize": 4}
+        )
+        return [(e["logStreamName"], e["message"]) for page in pages for e in page["events"]]
+
+    assert [message for _, message in read("error")] == [f"error disk #{i}" for i in range(7, 60, 6)]
+    assert {message for _, message in read('"disk full"')} == {
+        f"ERROR disk full #{i}" for i in range(6, 60, 6)
+    }
+    assert {message for _, message in read("after nul")} == {
+        f"INFO\x00 after nul #{i}" for i in range(4, 60, 6)
+    }
+    for pattern in ["ERROR", "?WARN ?nul", "INFO -ok", "é", '"full #1"', "#3 -#33", "disk full"]:
+        matches = compile_filter_pattern(pattern)
+        wanted = [(e["logStreamName"], e["message"]) for e in everything[2:] if matches(e["message"])]
+        assert read(pattern) == wanted and wanted, pattern
