@@ -52,7 +52,7 @@ LIVE = {"alias": {"exists": True, "version": VERSION, "weights": {}, "revision_i
 def handler_lines(images: np.ndarray, per_request: int) -> list[str]:
     """The handler's log line for each request of ``per_request`` images, as it writes them."""
     from devtools.mnist import load_mnist
-    from tests.fixtures.plugin_aws import centroid_onnx, load_handler, write_model_dir
+    from tests.fixtures.plugin_aws import api_event, centroid_onnx, load_handler, write_model_dir
 
     mnist = load_mnist()
     model = centroid_onnx(mnist.train_images[:10_000], mnist.train_labels[:10_000])
@@ -63,7 +63,9 @@ def handler_lines(images: np.ndarray, per_request: int) -> list[str]:
     with contextlib.redirect_stdout(out):
         for start in range(0, len(flat), per_request):
             context = types.SimpleNamespace(aws_request_id=str(uuid.uuid4()))
-            response = handler({"inputs": flat[start : start + per_request].tolist()}, context)
+            # Through the endpoint, as clients call it: the monitor counts only those requests.
+            body = {"inputs": flat[start : start + per_request].tolist()}
+            response = handler(api_event(body), context)
             if response["statusCode"] != 200:
                 raise RuntimeError(f"the handler answered {response['statusCode']}: {response['body'][:300]}")
     return out.getvalue().splitlines()

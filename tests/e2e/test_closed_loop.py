@@ -19,6 +19,7 @@ from devtools.cli import wait_for_data_run
 from mnist_pipeline import s3io
 
 pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.timeout(900)]
+WAIT = "train.wait_for_training"
 # What the next test needs from the first (the clean traffic's check).
 handed_on: dict[str, dict] = {}
 
@@ -49,6 +50,9 @@ def test_new_batches_start_one_run_by_themselves_and_it_deploys(stack):
     stack.wait_for(run_id)
 
     assert stack.run(run_id)["state"] == "success", stack.states(run_id)
+    # The training wait was deferred to the triggerer: one try, no reschedules.
+    assert stack.tries(run_id, WAIT) == 1
+    assert "deferred" in stack.task_log(run_id, WAIT).lower()
     record = stack.audit(run_id)
     assert record["result"]["outcome"] == "deployed", record["result"]
     assert record["trigger"] == {"kind": "asset", "object_keys": sorted(keys), "drift_triggered": False}

@@ -12,7 +12,7 @@ import pytest
 from data_checks.reference import compute_reference
 from mnist_pipeline import monitor
 from mnist_pipeline.config import PipelineConfig
-from tests.fixtures.plugin_aws import load_handler, write_model_dir
+from tests.fixtures.plugin_aws import api_event, load_handler, write_model_dir
 
 pytestmark = pytest.mark.slow  # starts localcloud in-process
 
@@ -26,18 +26,6 @@ LIVE = {"alias": {"exists": True, "version": "3", "weights": {}, "revision_id": 
 @pytest.fixture(scope="module")
 def reference(mnist):
     return compute_reference(mnist.train_images[:5000], mnist.train_labels[:5000])
-
-
-def api_event(body: dict) -> dict:
-    """What API Gateway's HTTP API (payload 2.0) hands the function for POST /mnist."""
-    return {
-        "version": "2.0",
-        "routeKey": "POST /mnist",
-        "headers": {"content-type": "application/json"},
-        "requestContext": {"http": {"method": "POST", "path": "/mnist"}},
-        "body": json.dumps(body),
-        "isBase64Encoded": False,
-    }
 
 
 @pytest.fixture(scope="module")
