@@ -39,7 +39,7 @@ def send(stack, images: np.ndarray) -> list[int]:
 
 
 def test_new_batches_start_one_run_by_themselves_and_it_deploys(stack):
-    send(stack, stack.mnist.test_images[:60])  # clean traffic since the last run
+    send(stack, stack.mnist.test_images[:200])  # clean traffic since the last run
     since = (dt.datetime.now(dt.UTC) - dt.timedelta(seconds=1)).isoformat()
     landed = time.monotonic()
     keys = [stack.feed(), stack.feed()]  # two batches landing together
@@ -56,7 +56,8 @@ def test_new_batches_start_one_run_by_themselves_and_it_deploys(stack):
     record = stack.audit(run_id)
     assert record["result"]["outcome"] == "deployed", record["result"]
     assert record["trigger"] == {"kind": "asset", "object_keys": sorted(keys), "drift_triggered": False}
-    assert sorted(batch["key"] for batch in record["data"]["accepted"]) == sorted(keys)
+    # Its data step takes every batch no run consumed (after the fault suite: the rejected night's).
+    assert set(keys) <= {batch["key"] for batch in record["data"]["accepted"]}
     alias = stack.alias()
     assert (alias["version"], alias["weights"]) == (record["deployment"]["lambda_version"], {})
     # One run for both batches, and the messages that started it were deleted by it.
@@ -64,7 +65,7 @@ def test_new_batches_start_one_run_by_themselves_and_it_deploys(stack):
     assert stack.events_in_queue() == 0
     # Clean traffic is no drift, and a deployed run sends no alert.
     assert record["monitoring"]["status"] == "ok" and not record["monitoring"]["drift"], record["monitoring"]
-    assert record["monitoring"]["samples"] >= 60
+    assert record["monitoring"]["samples"] >= 200
     assert stack.alerts(run_id) == []
     handed_on["clean"] = record["monitoring"]
     print(f"\nrun {run_id} started {started_after_s:.1f} s after the batches landed")

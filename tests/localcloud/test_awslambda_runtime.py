@@ -200,6 +200,10 @@ def test_the_mnist_lambda_predicts_real_digits_through_an_alias(localcloud, trai
     assert body["predictions"] == scores.argmax(axis=1).tolist()  # exactly the model's answers
     assert np.mean(np.array(body["predictions"]) == labels) > 0.9
     assert body["model"]["version"] == "1"
+    # The tail is the log's last 4 KB, less than a 200-image request's line (its features): one image.
+    response, _ = invoke(
+        lam, "mnist", {"input": pixels[0].astype(int).tolist()}, Qualifier="live", LogType="Tail"
+    )
     assert '"message": "mnist request"' in base64.b64decode(response["LogResult"]).decode()
 
     _, rejected = invoke(lam, "mnist", {"input": [1, 2, 3]}, Qualifier="live")
