@@ -37,9 +37,8 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
-from benchmarks.harness import Figure, free_port
+from benchmarks.harness import Figure
 
-REPO = Path(__file__).resolve().parents[1]
 EVENTS = 3  # BENCH_EVENTS_RUNS overrides
 POLL_S = 0.2
 RUN_START_TIMEOUT_S = 120
@@ -56,46 +55,14 @@ def run() -> list[Figure]:
 @contextmanager
 def demo_stack():
     """The scheduler tests' stack (see the module docstring); stopped however the block ends."""
-    from devtools.cli import down, start_stack
-    from devtools.layout import DAG_ID, Layout
-    from devtools.mnist import Mnist, load_mnist
-    from tests.fixtures.stack import QUICK_CONF, STACK_LAKE, Stack, fail_scheduled_runs
+    from devtools.mnist import load_mnist
+    from tests.fixtures.stack import running_stack
 
-    mnist = load_mnist()
-    small = Mnist(
-        mnist.train_images[:6500],
-        mnist.train_labels[:6500],
-        mnist.test_images[:1000],
-        mnist.test_labels[:1000],
-    )
-    with tempfile.TemporaryDirectory(prefix="bench-events-") as tmp:
-        root = Path(tmp)
-        (root / "dags").symlink_to(REPO / "dags")
-        (root / "plugins").symlink_to(REPO / "plugins")
-        layout = Layout(root=root, localcloud_port=free_port(), airflow_port=free_port())
-        try:
-            with environment(MNIST_RUN_DEFAULTS=json.dumps(QUICK_CONF)):  # read by Airflow's processes
-                infra, api = start_stack(layout, small, STACK_LAKE)
-            api.unpause(DAG_ID)
-            fail_scheduled_runs(api)
-            yield Stack(layout, api, infra, small)
-        finally:
-            down(layout)
-
-
-@contextmanager
-def environment(**values: str):
-    """Set variables for the block only: later sections (the pipeline's child) must not see them."""
-    before = {name: os.environ.get(name) for name in values}
-    os.environ.update(values)
-    try:
-        yield
-    finally:
-        for name, value in before.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
+    with (
+        tempfile.TemporaryDirectory(prefix="bench-events-") as tmp,
+        running_stack(Path(tmp), load_mnist()) as stack,
+    ):
+        yield stack
 
 
 def event_to_live(stack) -> dict:

@@ -31,7 +31,7 @@ from localcloud.sagemaker.runner import INTERRUPTED
 from mnist_pipeline.train import pack_source_dir
 from model_code.metric_definitions import METRIC_DEFINITIONS
 from model_code.shards import shard_bytes
-from tests.fixtures.localcloud import LocalCloudHandle
+from tests.fixtures.localcloud import LocalCloudHandle, use_as_aws_default
 from tests.fixtures.model import MODEL_CODE
 
 ROLE = "arn:aws:iam::000000000000:role/localcloud-sagemaker"
@@ -1082,16 +1082,6 @@ def test_tags_on_packages_and_jobs(clients):
 # --- the Airflow amazon provider -----------------------------------------------------------------
 
 
-def use_airflow_connection(monkeypatch, endpoint_url: str) -> None:
-    connection = {
-        "conn_type": "aws",
-        "login": "localcloud",
-        "password": "localcloud",
-        "extra": {"endpoint_url": endpoint_url, "region_name": "us-east-1"},
-    }
-    monkeypatch.setenv("AIRFLOW_CONN_AWS_DEFAULT", json.dumps(connection))
-
-
 @pytest.mark.slow
 def test_the_providers_training_operator_creates_a_job_and_renames_a_duplicate(
     localcloud, clients, monkeypatch
@@ -1099,7 +1089,7 @@ def test_the_providers_training_operator_creates_a_job_and_renames_a_duplicate(
     from airflow.providers.amazon.aws.hooks.sagemaker import SageMakerHook
     from airflow.providers.amazon.aws.operators.sagemaker import SageMakerTrainingOperator
 
-    use_airflow_connection(monkeypatch, localcloud.endpoint_url)
+    use_as_aws_default(monkeypatch, localcloud.endpoint_url)
     config = job_request("from-airflow", STAND_IN_SOURCE, STAND_IN_CHANNELS, HyperParameters={"seconds": "0"})
     operator = SageMakerTrainingOperator(
         task_id="train_model", config=dict(config), wait_for_completion=False, print_log=False
@@ -1138,7 +1128,7 @@ def test_the_providers_log_reader_and_sensor_read_a_finished_job(mnist_job, monk
             return lambda *args, **kwargs: None
 
     handle, job = mnist_job
-    use_airflow_connection(monkeypatch, handle.endpoint_url)
+    use_as_aws_default(monkeypatch, handle.endpoint_url)
     hook = SageMakerHook(aws_conn_id="aws_default")
     hook._log = printed = PrintedLines()
     positions, streams = {}, []

@@ -17,6 +17,7 @@ from botocore.exceptions import ClientError
 
 from localcloud.sqs import validation
 from localcloud.wire import ServiceError
+from tests.fixtures.localcloud import use_as_aws_default
 from tests.fixtures.raw_http import exchange, request_bytes, signed
 
 # The MD5OfMessageAttributes AWS (and moto) give for exactly these two attributes.
@@ -676,13 +677,7 @@ def test_aiobotocore_sends_long_polls_and_deletes_in_batch(localcloud, sqs):
 def test_airflow_sqs_hook_through_a_connection(localcloud, monkeypatch):
     from airflow.providers.amazon.aws.hooks.sqs import SqsHook
 
-    connection = {
-        "conn_type": "aws",
-        "login": "x",
-        "password": "x",
-        "extra": {"endpoint_url": localcloud.endpoint_url, "region_name": "us-east-1"},
-    }
-    monkeypatch.setenv("AIRFLOW_CONN_AWS_DEFAULT", json.dumps(connection))
+    use_as_aws_default(monkeypatch, localcloud.endpoint_url, "us-east-1")
     hook = SqsHook(aws_conn_id="aws_default")
     url = hook.create_queue("hooked")["QueueUrl"]
     hook.send_message(

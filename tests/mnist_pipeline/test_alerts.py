@@ -14,6 +14,7 @@ import pytest
 
 from mnist_pipeline import alerts
 from mnist_pipeline.config import PipelineConfig
+from tests.fixtures.localcloud import use_as_aws_default
 
 pytestmark = pytest.mark.slow
 
@@ -26,13 +27,7 @@ def inbox(localcloud, monkeypatch):
     url = sqs.create_queue(QueueName="alerts-inbox")["QueueUrl"]
     arn = sqs.get_queue_attributes(QueueUrl=url, AttributeNames=["QueueArn"])["Attributes"]["QueueArn"]
     sns.subscribe(TopicArn=topic, Protocol="sqs", Endpoint=arn)
-    connection = {
-        "conn_type": "aws",
-        "login": "localcloud",
-        "password": "localcloud",
-        "extra": {"endpoint_url": localcloud.endpoint_url, "region_name": localcloud.config.region},
-    }
-    monkeypatch.setenv("AIRFLOW_CONN_AWS_DEFAULT", json.dumps(connection))
+    use_as_aws_default(monkeypatch, localcloud.endpoint_url, localcloud.config.region)
     monkeypatch.setenv("AIRFLOW__API__BASE_URL", "http://localhost:8080")
     config = PipelineConfig(
         bucket="b", region=localcloud.config.region, sagemaker_role_arn="r", alerts_topic_arn=topic

@@ -23,6 +23,7 @@ from mnist_pipeline import audit, audit_view, s3io
 from mnist_pipeline.config import PipelineConfig
 from mnist_pipeline.evaluate import classification_metrics, render_report
 from mnist_pipeline.sagemaker_hook import set_package_status
+from tests.fixtures.localcloud import use_as_aws_default
 
 REPO = Path(__file__).resolve().parents[2]
 ROLE_ARN = "arn:aws:iam::123456789012:role/mnist-sagemaker"
@@ -250,13 +251,7 @@ def history(localcloud):
 @pytest.fixture
 def aws_default(localcloud, history, monkeypatch):
     """The CLI's and the plugin's way in: the aws_default connection and the mnist_* settings."""
-    connection = {
-        "conn_type": "aws",
-        "login": "localcloud",
-        "password": "localcloud",
-        "extra": {"endpoint_url": localcloud.endpoint_url, "region_name": history.config.region},
-    }
-    monkeypatch.setenv("AIRFLOW_CONN_AWS_DEFAULT", json.dumps(connection))
+    use_as_aws_default(monkeypatch, localcloud.endpoint_url, history.config.region)
     monkeypatch.setenv("MNIST_BUCKET", history.config.bucket)
     monkeypatch.setenv("MNIST_REGION", history.config.region)
     monkeypatch.setenv("MNIST_SAGEMAKER_ROLE_ARN", ROLE_ARN)

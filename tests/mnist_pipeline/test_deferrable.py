@@ -19,6 +19,7 @@ from botocore.exceptions import EndpointConnectionError
 
 from mnist_pipeline.config import ConfigError
 from mnist_pipeline.training_wait import TrainingJobWait, training_wait_deferrable
+from tests.fixtures.localcloud import first_event, use_as_aws_default
 from tests.localcloud.test_awslambda import ECHO, make_zip
 from tests.localcloud.test_awslambda import ROLE as LAMBDA_ROLE
 from tests.localcloud.test_sagemaker import (
@@ -31,7 +32,6 @@ from tests.localcloud.test_sagemaker import (
     source_tarball,
     training_pid,
     transitions,
-    use_airflow_connection,
 )
 
 # Fails after a second for a reason of its own (an AlgorithmError), which it reports as
@@ -57,7 +57,7 @@ def sagemaker(localcloud, monkeypatch):
         "code/retried.tar.gz": RETRIED_TRAIN_PY,
     }.items():
         s3.put_object(Bucket=BUCKET, Key=key, Body=source_tarball({"train.py": script}))
-    use_airflow_connection(monkeypatch, localcloud.endpoint_url)
+    use_as_aws_default(monkeypatch, localcloud.endpoint_url)
     return localcloud.client("sagemaker")
 
 
@@ -91,15 +91,6 @@ def inflated(trigger):
         key: smart_decode_trigger_kwargs(value) for key, value in Trigger._decrypt_kwargs(stored).items()
     }
     return import_string(classpath)(**decoded)
-
-
-async def first_event(trigger, timeout_s: float = 30) -> dict:
-    generator = trigger.run()
-    try:
-        event = await asyncio.wait_for(anext(generator), timeout_s)
-    finally:
-        await generator.aclose()
-    return event.payload
 
 
 def through_the_triggerer(task, deferred, context: dict | None = None):
@@ -140,7 +131,7 @@ def test_the_providers_deferrable_training_operator_waits_in_the_triggerer(sagem
 def test_the_providers_deferrable_lambda_create_waits_for_the_function_to_be_active(localcloud, monkeypatch):
     from airflow.providers.amazon.aws.operators.lambda_function import LambdaCreateFunctionOperator
 
-    use_airflow_connection(monkeypatch, localcloud.endpoint_url)
+    use_as_aws_default(monkeypatch, localcloud.endpoint_url)
     operator = LambdaCreateFunctionOperator(
         task_id="create_function",
         function_name="echo",

@@ -17,6 +17,7 @@ import pytest
 
 from mnist_pipeline import events
 from model_code.shards import shard_bytes
+from tests.fixtures.localcloud import first_event, use_as_aws_default
 
 BUCKET = "mnist-events-test"
 PREFIX = "data/incoming/"
@@ -52,13 +53,7 @@ def queues(localcloud, monkeypatch):
             ]
         },
     )
-    connection = {
-        "conn_type": "aws",
-        "login": "localcloud",
-        "password": "localcloud",
-        "extra": {"endpoint_url": localcloud.endpoint_url, "region_name": localcloud.config.region},
-    }
-    monkeypatch.setenv("AIRFLOW_CONN_AWS_DEFAULT", json.dumps(connection))
+    use_as_aws_default(monkeypatch, localcloud.endpoint_url, localcloud.config.region)
     return SimpleNamespace(sqs=sqs, s3=s3, url=queue, dlq=dlq)
 
 
@@ -77,15 +72,6 @@ def put_batch(s3, number: int) -> str:
         Bucket=BUCKET, Key=key, Body=shard_bytes(np.zeros((2, 28, 28), np.uint8), np.zeros(2, np.uint8))
     )
     return key
-
-
-async def first_event(trigger: events.DataEventsTrigger, timeout_s: float = 30) -> dict:
-    generator = trigger.run()
-    try:
-        event = await asyncio.wait_for(anext(generator), timeout_s)
-    finally:
-        await generator.aclose()
-    return event.payload
 
 
 def trigger(url: str, **kwargs) -> events.DataEventsTrigger:
