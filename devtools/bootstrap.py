@@ -353,7 +353,7 @@ def ensure_events_queue(sqs) -> tuple[str, str]:
         sqs,
         EVENTS_QUEUE,
         {
-            "VisibilityTimeout": "600",
+            "VisibilityTimeout": "43200",  # as the watcher receives (events.DEFAULT_VISIBILITY_S)
             "MessageRetentionPeriod": "345600",
             "ReceiveMessageWaitTimeSeconds": "20",
             "RedrivePolicy": redrive,

@@ -18,9 +18,10 @@ resource "aws_sqs_queue" "events_dlq" {
 resource "aws_sqs_queue" "events" {
   name = local.events_queue_name
 
-  # The watcher receives with its own VisibilityTimeout (events.DEFAULT_VISIBILITY_S, 600 s: long
-  # enough for the run an event starts to delete it); the queue's default is the same for anything else.
-  visibility_timeout_seconds = 600
+  # The watcher receives with its own VisibilityTimeout (events.DEFAULT_VISIBILITY_S, 12 h: longer
+  # than any run, so an event waits, received once, for the run that deletes it); the queue's default
+  # is the same for anything else.
+  visibility_timeout_seconds = 43200
   # A wake-up nobody received in 4 days is stale: the nightly cron has taken its batch by then.
   message_retention_seconds = 345600
   receive_wait_time_seconds = 20
