@@ -36,9 +36,10 @@ with it, and task ids and XCom keys come from `mnist_pipeline.names`.
    so a retry or a cleared task resumes that job instead of starting another (the provider's
    operator, subclassed, with `wait_for_completion=False`); the wait is deferred to the provider's
    `SageMakerTrigger` in the triggerer (`mnist_pipeline.training_wait`), holding no worker, or,
-   with `MNIST_TRAINING_WAIT=reschedule` where no triggerer runs, a reschedule-mode sensor. The request: the PyTorch training image, the trainer's
-   `MetricDefinitions`, a `ManifestFile` channel of exactly the snapshot's shards, the holdout
-   channel, spot with checkpoints when asked, tags linking the job to the run, and
+   with `MNIST_TRAINING_WAIT=reschedule` where no triggerer runs, a reschedule-mode sensor. The
+   request: the PyTorch training image, the trainer's `MetricDefinitions`, a `ManifestFile`
+   channel of exactly the snapshot's shards, the holdout channel, spot with checkpoints when
+   asked, tags linking the job to the run, and
    `RetryStrategy` (2 attempts): after an internal failure (a lost host) SageMaker restarts the
    same job itself; a job that failed for its own reasons is never retried.
 

@@ -11,7 +11,8 @@ same names; ``up`` is ``make demo``):
   the run succeeded and the endpoint answered with the right digit.
 - **endpoint**: the endpoint URL, on one line.
 - **feed**: put the next nightly batch into ``incoming/`` (its S3 notification goes to the data-events
-  queue); then waits up to 60 s for the run the event starts (the asset watcher) and follows it; ``--no-wait``: only drop it.
+  queue); then waits up to 60 s for the run the event starts (the asset watcher) and follows it;
+  ``--no-wait``: only drop it.
 - **alerts**: every alert the topic delivered to the local inbox, kept in ``.run/alerts.jsonl``.
 - **status**: which of the processes ``up`` started still run, and where.
 - **down**: stop exactly those processes (their process groups, by the ids in ``.run/``).

@@ -4,9 +4,10 @@ live traffic drifted), through the amazon provider's ``SnsNotifier``.
 Exactly once per run: the audit step decides and sends, then records the result in the audit record's
 ``alert`` section (``wanted``, ``reason``, ``sent``, ``error``). A retried or cleared audit step finds
 the alert its earlier try sent in the record it wrote, and does not send it again
-(:func:`alert_once`). The run's final failure (``conclude_run``) sends nothing more. An alert that cannot be sent (SNS down, no permission)
-never fails the run: the record says why it was not sent. If the audit itself fails, its task's
-failure callback (:func:`on_audit_failure`) alerts instead, since no record will.
+(:func:`alert_once`). The run's final failure (``conclude_run``) sends nothing more. An alert that
+cannot be sent (SNS down, no permission) never fails the run: the record says why it was not sent.
+If the audit itself fails, its task's failure callback (:func:`on_audit_failure`) alerts instead,
+since no record will.
 
 With no topic configured (``mnist_alerts_topic_arn``), alerts are decided and recorded, never sent.
 """
