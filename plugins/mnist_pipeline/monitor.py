@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -32,6 +32,7 @@ import numpy as np
 from botocore.exceptions import ClientError
 
 from mnist_pipeline import s3io
+from mnist_pipeline.audit_view import MONITORING_KEYS
 from mnist_pipeline.config import PipelineConfig
 
 # The features the handler logs that the reference describes (data_checks.reference.DRIFT_FEATURES).
@@ -274,7 +275,4 @@ def monitor_traffic(
         **result,
     }
     uri = s3io.put_json(s3, config.bucket, key, document)
-    summary_keys: Iterable[str] = (
-        "status", "samples", "drift", "drift_score", "drifted_features", "prediction_shift", "low_confidence_share",
-    )  # fmt: skip
-    return {"uri": uri, **{name: result[name] for name in summary_keys}}
+    return {"uri": uri, **{name: result[name] for name in MONITORING_KEYS if name != "uri"}}
